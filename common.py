@@ -527,7 +527,8 @@ def fit(model, params, a, dataset, describe):
     net = torch.compile(model) if a.compile else model
     opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.wd,
                           fused=device.startswith("cuda") or None)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(f * a.epochs) for f in a.milestones], 0.1)
+    # at least epoch 1: a milestone rounded to 0 would cut the lr before any training (e.g. --epochs 1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, round(f * a.epochs)) for f in a.milestones], 0.1)
     args = {k: v for k, v in vars(a).items() if k not in ("device", "compile")}
     start, best, rows = 0, {"score": -1.0}, []
     if os.path.exists(last_path):
@@ -550,7 +551,7 @@ def fit(model, params, a, dataset, describe):
           f"train, device {device}", flush=True)
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
-    xmon, ymon = xtr[:256].float() / 255, ytr[:256]
+    xmon, ymon = xtr[:256], ytr[:256]  # uint8, as accuracy() expects: it scales by 1/255 itself
     t_start = time.time()
     for epoch in range(start, a.epochs):
         t0 = time.time()

@@ -1,0 +1,173 @@
+# Davchev et al. 2019, "Towards Evaluating and Understanding Robust Optimisation under Transfer", as a pipeline
+# that reads like the paper's Figure 1:
+#
+#   CIFAR-100 sources (nat, fgsm, pgd) --transfer.py (1 | 12 | 56 unfrozen; nat | fgsm | pgd target)--> CIFAR-10
+#   CIFAR-10 baselines R_nat, R_fgsm, R_pgd                            DenseNet121 --> black-box examples
+#                     every CIFAR-10 model --evaluate.py--> X.eval.json --report.py--> Table 1, Figures 2-5
+#
+# `make` prints help. Checkpoints are the targets: an interrupted `make all` redoes only what is missing, and a
+# training cut off mid-way resumes from its last epoch. Narrow the grid on the command line, e.g.
+#   make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all
+# and `make -n TARGET` prints the exact command of any cell.
+
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+.SECONDARY:            # keep checkpoints that are only intermediate (sources) when a later stage fails
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+
+# ---- the grid ----------------------------------------------------------------------------------------------
+# how the CIFAR-100 source is trained
+SRC      ?= nat fgsm pgd
+# how the transfer trains on CIFAR-10
+TGT      ?= nat fgsm pgd
+# the three strategies
+UNFREEZE ?= 1 12 56
+# CIFAR-10 baselines without transfer
+BASE     ?= nat fgsm pgd
+# several seeds: the report shows mean ± std and n
+SEEDS    ?= 0
+# one black-box DenseNet121 serves every seed
+BB_SEED  ?= 0
+
+# ---- settings (defaults: the paper's protocol, PROTOCOL.md) -------------------------------------------------
+# everything this pipeline writes
+RUN       ?= runs/paper
+# torchvision root (downloads), a folder of *_{train,test}.npz, or 'synthetic'
+DATA      ?= data
+ARCH      ?= resnet56
+EPOCHS_SRC ?= 200
+EPOCHS_TL  ?= 50
+EPOCHS_BB  ?= 200
+# extra flags for every training, e.g. --batch-size 128 --device cuda
+TRAIN_FLAGS ?=
+# extra flags for the DenseNet121, e.g. --growth 32
+BB_FLAGS    ?=
+# extra flags for every evaluation, e.g. --no-strong --limit 1000
+EVAL_FLAGS  ?=
+# prefix of every job: $(GPULOCK) on a multi-GPU box, or srun --gres=gpu:1 ...
+LAUNCH      ?=
+
+# Python: a .venv built from requirements.txt on first use; PY=python3 uses an existing environment instead.
+PY ?= .venv/bin/python
+VENV := $(if $(filter .venv/bin/python,$(PY)),.venv/installed)
+
+# `make -j N LAUNCH='$(GPULOCK)'`: each job takes a free GPU (SLOTS jobs per GPU) through flock and waits for
+# one when all are busy. Several PGD trainings of a small ResNet56 can share one large GPU: SLOTS=2 or 3.
+NGPU  ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
+SLOTS ?= 1
+GPULOCK = bash -c 'while :; do for g in $$(seq 0 $$(($(NGPU) - 1))); do for s in $$(seq $(SLOTS)); do \
+  exec 9>"$${TMPDIR:-/tmp}/gpulock.$$g.$$s"; if flock -n 9; then export CUDA_VISIBLE_DEVICES=$$g; exec "$$@"; fi; \
+  done; done; sleep 10; done' gpulock
+
+R := $(RUN)
+DATAFLAG = --data-dir $(DATA)
+LOG = 2>&1 | tee $(basename $@).log
+
+# ---- what `all` builds -------------------------------------------------------------------------------------
+s_ = $(foreach s,$(SEEDS),$(1)_s$(s).pt)
+SOURCES   := $(foreach a,$(SRC),$(call s_,$(R)/source/cifar100_$(a)))
+BASELINES := $(foreach a,$(BASE),$(call s_,$(R)/baseline/cifar10_$(a)))
+TRANSFERS := $(foreach s,$(SRC),$(foreach t,$(TGT),$(foreach u,$(UNFREEZE),$(call s_,$(R)/transfer/$(s)-$(t)-$(u)))))
+BLACKBOX  := $(R)/blackbox/densenet121_s$(BB_SEED).pt
+EXAMPLES  := $(R)/blackbox/examples.pt
+MODELS    := $(SOURCES) $(BASELINES) $(TRANSFERS) $(BLACKBOX)
+EVALS     := $(MODELS:.pt=.eval.json)
+
+.PHONY: help all sources baselines transfers blackbox evals report smoke test bench clean-smoke
+help:
+	@echo "make smoke      the whole pipeline on built-in synthetic data, CPU, a few minutes -> runs/smoke/report"
+	@echo "make test       the tests (includes make smoke)"
+	@echo "make all        the paper on a GPU: 3 sources, 3 baselines, 27 transfers, DenseNet121, evaluations, report"
+	@echo "make bench      training/evaluation throughput against a plain PyTorch reference"
+	@echo "stages: sources baselines transfers blackbox evals report; grid: SRC TGT UNFREEZE BASE SEEDS"
+	@echo "settings: RUN=$(R) DATA=$(DATA) ARCH=$(ARCH) PY=$(PY) LAUNCH=$(LAUNCH)"
+	@echo "e.g.  make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all;   make -n $(R)/transfer/pgd-pgd-12_s0.pt"
+
+all: report
+sources: $(SOURCES)
+baselines: $(BASELINES)
+transfers: $(TRANSFERS)
+blackbox: $(EXAMPLES)
+evals: $(EVALS)
+report: $(R)/report/report.md
+
+ifneq ($(VENV),)
+$(VENV): requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -r requirements.txt
+	touch $@
+endif
+
+# ---- training ----------------------------------------------------------------------------------------------
+# A stem like pgd_s0 splits into the attack (pgd) and the seed (0).
+adv_of  = $(word 1,$(subst _s, ,$(1)))
+seed_of = $(word 2,$(subst _s, ,$(1)))
+
+$(R)/source/cifar100_%.pt: train_source.py common.py | $(VENV)
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $(call adv_of,$*) --seed $(call seed_of,$*) \
+	  --arch $(ARCH) --epochs $(EPOCHS_SRC) $(DATAFLAG) $(TRAIN_FLAGS) --out $@ $(LOG)
+
+$(R)/baseline/cifar10_%.pt: train_source.py common.py | $(VENV)
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $(call adv_of,$*) --seed $(call seed_of,$*) \
+	  --arch $(ARCH) --epochs $(EPOCHS_SRC) $(DATAFLAG) $(TRAIN_FLAGS) --out $@ $(LOG)
+
+# One rule per cell of source x target x unfreeze x seed, so that each names its own source as prerequisite.
+define TRANSFER
+$(R)/transfer/$(1)-$(2)-$(3)_s$(4).pt: $(R)/source/cifar100_$(1)_s$(4).pt transfer.py common.py | $(VENV)
+	@mkdir -p $$(@D)
+	$$(LAUNCH) $$(PY) transfer.py --src $(1) --tgt $(2) --unfreeze $(3) --seed $(4) --init $$< \
+	  --epochs $$(EPOCHS_TL) $$(DATAFLAG) $$(TRAIN_FLAGS) --out $$@ $$(LOG)
+endef
+$(foreach s,$(SRC),$(foreach t,$(TGT),$(foreach u,$(UNFREEZE),$(foreach n,$(SEEDS),\
+  $(eval $(call TRANSFER,$(s),$(t),$(u),$(n)))))))
+
+$(R)/blackbox/densenet121_s%.pt: train_blackbox.py common.py | $(VENV)
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) train_blackbox.py --seed $* --epochs $(EPOCHS_BB) $(DATAFLAG) $(TRAIN_FLAGS) \
+	  $(BB_FLAGS) --out $@ $(LOG)
+
+# ---- evaluation --------------------------------------------------------------------------------------------
+# The black-box examples are crafted once on the DenseNet121 and reused by every CIFAR-10 evaluation.
+$(EXAMPLES): $(BLACKBOX) evaluate.py common.py
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) evaluate.py --craft-from $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) $(LOG)
+
+# CIFAR-100 sources: white-box columns on the CIFAR-100 test set. The DenseNet: its clean and white-box accuracy.
+$(R)/source/%.eval.json: $(R)/source/%.pt evaluate.py common.py
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) evaluate.py --ckpt $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) $(LOG)
+
+$(R)/blackbox/%.eval.json: $(R)/blackbox/%.pt evaluate.py common.py
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) evaluate.py --ckpt $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --no-strong --no-curve $(LOG)
+
+%.eval.json: %.pt $(EXAMPLES) evaluate.py common.py
+	@mkdir -p $(@D)
+	$(LAUNCH) $(PY) evaluate.py --ckpt $< --blackbox $(EXAMPLES) --out $@ $(DATAFLAG) $(EVAL_FLAGS) $(LOG)
+
+$(R)/report/report.md: $(EVALS) report.py
+	$(PY) report.py --run $(R) --out $(R)/report
+
+# ---- smoke, tests, benchmark -------------------------------------------------------------------------------
+# The same DAG on built-in synthetic data with tiny settings, in its own output tree, on CPU.
+SMOKE = RUN=runs/smoke DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EPOCHS_BB=1 SEEDS=0 \
+  SRC='nat fgsm pgd' TGT='nat fgsm pgd' UNFREEZE='1 12 56' BASE='nat fgsm pgd' LAUNCH= \
+  TRAIN_FLAGS='--limit 600 --batch-size 50 --device cpu' BB_FLAGS='--limit 300' \
+  EVAL_FLAGS='--limit 200 --strong-steps 10 --restarts 2 --device cpu'
+# One thread per job and one job per core: small models gain nothing from intra-op threads.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+smoke: | $(VENV)
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(NPROC) $(SMOKE) all
+	@echo "smoke report: runs/smoke/report/report.md"
+
+clean-smoke:
+	rm -rf runs/smoke
+
+test: | $(VENV)
+	$(PY) -m pytest -q tests
+
+bench: | $(VENV)
+	$(PY) bench.py --out runs/bench.json

@@ -1,0 +1,238 @@
+"""Evaluate a checkpoint on the test set: Table 1's five columns, plus a stronger evaluation beside them.
+
+    python evaluate.py --craft-from runs/paper/blackbox/densenet121_s0.pt --out runs/paper/blackbox/examples.pt
+    python evaluate.py --ckpt runs/paper/transfer/pgd-pgd-12_s0.pt --blackbox runs/paper/blackbox/examples.pt \
+        --out runs/paper/transfer/pgd-pgd-12_s0.eval.json
+
+Table 1 (Sec. 3), in its order: Clean, BB-FGSM, BB-PGD, WB-FGSM, WB-PGD, accuracy in % at eps 8/256 with the
+true labels. White-box (WB) attacks use the evaluated model's own gradients; black-box (BB) examples are
+crafted once on the naturally trained DenseNet121 (--craft-from) and reused by every evaluation.
+
+Beyond the paper (Carlini et al. 2019, "On Evaluating Adversarial Robustness"): WB-strong, PGD with random start,
+50 steps, 10 restarts keeping the per-example worst case; Worst, an example counts only if it survives every
+attack run on it; a robustness curve of PGD-7 accuracy against eps; and sanity checks that flag what a sound
+evaluation never shows (e.g. accuracy rising with eps, the signature of gradient masking).
+"""
+import argparse
+import os
+import time
+
+import torch
+
+import common as c
+
+CURVE_EPS = [0, 1, 2, 4, 8, 16, 32]  # /256
+TOL = 1.0  # percentage points of slack in the sanity checks
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint to evaluate")
+    p.add_argument("--blackbox", help="black-box examples file written by --craft-from (CIFAR-10 models)")
+    p.add_argument("--craft-from", help="craft the black-box examples from this DenseNet checkpoint into --out")
+    p.add_argument("--out", required=True, help="X.eval.json (evaluation) or the examples file (--craft-from)")
+    p.add_argument("--dataset", choices=list(c.NUM_CLASSES), help="test set (default: the checkpoint's)")
+    p.add_argument("--data-dir", default="data", help="torchvision root, a folder of *_test.npz, or 'synthetic'")
+    p.add_argument("--limit", type=int, default=None, help="first N test images only (quick runs)")
+    p.add_argument("--eps", type=float, default=8, help="L-inf budget in /256 pixel units (paper: 8)")
+    p.add_argument("--steps", type=int, default=7, help="PGD steps, step size eps/4 (paper: 7)")
+    p.add_argument("--strong", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run PGD with random start and restarts (WB-strong) and the worst case")
+    p.add_argument("--strong-steps", type=int, default=50)
+    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--curve", action=argparse.BooleanOptionalAction, default=True,
+                   help="PGD-7 accuracy at eps " + ",".join(map(str, CURVE_EPS)) + " /256")
+    p.add_argument("--autoattack", action="store_true", help="also AutoAttack (needs the optional torchattacks)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    p.add_argument("--device", default="auto")
+    return p.parse_args(argv)
+
+
+def correct(model, x, y):
+    return c.predict(model, x) == y
+
+
+def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
+    """Per-example worst case over `restarts` runs of PGD with random start: an example stays correct only if
+    it survives every run. Later restarts attack only the survivors (they cannot change the others)."""
+    alive = correct(model, x, y)
+    for _ in range(restarts):
+        idx = alive.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        xa = c.pgd(model, x[idx], y[idx], eps, alpha, steps, random_start=True)
+        alive[idx] = correct(model, xa, y[idx])
+    return alive
+
+
+def sanity_flags(acc, curve=None, tol=TOL):
+    """What a sound evaluation never shows; each flag names the check and the numbers that tripped it."""
+    f = []
+
+    def flag(check, detail):
+        f.append({"check": check, "detail": detail})
+    if curve:
+        e, a = curve["eps_256"], curve["acc"]
+        if 0 in e and abs(a[e.index(0)] - acc["clean"]) > 1e-9:
+            flag("eps0-not-clean", f"PGD at eps 0 gives {a[e.index(0)]:.1f}% but clean is {acc['clean']:.1f}%: "
+                                   f"the evaluation is not deterministic or the attack changes inputs at eps 0")
+        for i in range(1, len(e)):
+            if a[i] > a[i - 1] + tol:
+                flag("rises-with-eps", f"PGD accuracy rises from {a[i - 1]:.1f}% at eps {e[i - 1]}/256 to {a[i]:.1f}% "
+                                       f"at {e[i]}/256: gradient masking, the attack is not finding the worst case")
+                break
+        if a[-1] > 5 + tol:
+            flag("not-zero-at-max-eps", f"{a[-1]:.1f}% still correct under PGD at eps {e[-1]}/256, where every "
+                                        f"image should be breakable: the gradients are uninformative (masking)")
+    if acc.get("wb_pgd") is not None and acc["wb_pgd"] > acc["wb_fgsm"] + tol:
+        flag("pgd-above-fgsm", f"WB-PGD {acc['wb_pgd']:.1f}% > WB-FGSM {acc['wb_fgsm']:.1f}%: the iterative attack "
+                               f"is weaker than one step (gradient masking)")
+    if acc.get("wb_strong") is not None and acc["wb_strong"] > acc["wb_pgd"] + tol:
+        flag("strong-above-pgd", f"WB-strong {acc['wb_strong']:.1f}% > WB-PGD-7 {acc['wb_pgd']:.1f}%: more steps "
+                                 f"and restarts should never do worse")
+    for k in ("fgsm", "pgd"):
+        bb, wb = acc.get("bb_" + k), acc.get("wb_" + k)
+        if bb is not None and wb is not None and bb + tol < wb:
+            flag("bb-below-wb", f"BB-{k.upper()} {bb:.1f}% < WB-{k.upper()} {wb:.1f}%: a transferred attack beats the "
+                                f"white-box one, so the white-box gradients are misleading (masking)")
+    for k in ("wb_fgsm", "wb_pgd", "bb_fgsm", "bb_pgd"):
+        if acc.get(k) is not None and acc[k] > acc["clean"] + tol:
+            flag("adv-above-clean", f"{k} {acc[k]:.1f}% > clean {acc['clean']:.1f}%: label leaking, the model "
+                                    f"reads the perturbation")
+            break
+    return f
+
+
+def craft_blackbox(a, device):
+    """Craft FGSM and PGD examples once on the black-box source, for every evaluation to reuse."""
+    ck = c.load_checkpoint(a.craft_from, "black-box source --craft-from")
+    if ck["num_classes"] != 10:
+        raise c.UsageError(f"--craft-from {a.craft_from} has {ck['num_classes']} classes; the black-box source is "
+                           f"the CIFAR-10 DenseNet121 of train_blackbox.py")
+    model = c.model_from_checkpoint(ck, device)
+    x, y = load_test("cifar10", a)
+    eps = a.eps / 256
+    out = {"dataset": "cifar10", "source": a.craft_from, "eps": eps, "steps": a.steps, "n_test": len(y),
+           "data_dir": a.data_dir, "y": y.cpu(), **c.provenance(device)}
+    t0 = time.time()
+    for kind in ("fgsm", "pgd"):
+        adv = [c.attack(model, xb, yb, kind, eps, steps=a.steps).cpu() for xb, yb in c.batches(x, y, a.batch_size)]
+        out["x_" + kind] = torch.cat(adv)
+        out["source_acc_" + kind] = 100 * (c.predict(model, out["x_" + kind].to(device)) == y).float().mean().item()
+    out["source_acc_clean"] = c.accuracy(model, x, y)
+    c.atomic_save(out, a.out)
+    print(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
+          f"{time.time() - t0:.0f}s: source accuracy clean {out['source_acc_clean']:.1f}%, on its own FGSM "
+          f"{out['source_acc_fgsm']:.1f}%, PGD {out['source_acc_pgd']:.1f}%; wrote {a.out}")
+
+
+def load_test(dataset, a):
+    x, y = c.load_split(dataset, a.data_dir, train=False)
+    if a.limit:
+        x, y = x[:a.limit], y[:a.limit]
+    dev = c.pick_device(a.device)
+    return x.to(dev), y.to(dev)
+
+
+def role_of(ck):
+    if ck["arch"].startswith("densenet"):
+        return "blackbox"
+    if "src" in ck:
+        return "transfer"
+    return "source" if ck["num_classes"] == 100 else "baseline"
+
+
+def main(argv=None):
+    a = get_args(argv)
+    if a.eps < 0 or a.steps < 1 or a.strong_steps < 1 or a.restarts < 1 or (a.limit is not None and a.limit < 1):
+        raise c.UsageError("--eps must be non-negative; --steps, --strong-steps, --restarts and --limit positive")
+    device = c.pick_device(a.device)
+    torch.manual_seed(a.seed)
+    if a.craft_from:
+        return craft_blackbox(a, device)
+    if not a.ckpt or not a.out.endswith(".json"):
+        raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
+    ck = c.load_checkpoint(a.ckpt)
+    dataset = a.dataset or ck.get("dataset") or ("cifar100" if ck["num_classes"] == 100 else "cifar10")
+    if c.NUM_CLASSES[dataset] != ck["num_classes"]:
+        raise c.UsageError(f"{a.ckpt} has {ck['num_classes']} classes but the {dataset} test set has "
+                           f"{c.NUM_CLASSES[dataset]}; evaluate it on {'cifar100' if ck['num_classes'] == 100 else 'cifar10'}")
+    model = c.model_from_checkpoint(ck, device)
+    x, y = load_test(dataset, a)
+    bb = None
+    if a.blackbox and dataset == "cifar10" and role_of(ck) != "blackbox":
+        bb = load_blackbox(a.blackbox, y, a)
+    eps, t0 = a.eps / 256, time.time()
+    print(f"evaluating {a.ckpt} on {len(y)} {dataset} test images, {c.eps_str(eps)}", flush=True)
+    ok = {"clean": [], "wb_fgsm": [], "wb_pgd": [], "wb_strong": [], "bb_fgsm": [], "bb_pgd": []}
+    for i, (xb, yb) in enumerate(c.batches(x, y, a.batch_size)):
+        ok["clean"].append(correct(model, xb, yb))
+        ok["wb_fgsm"].append(correct(model, c.fgsm(model, xb, yb, eps), yb))
+        ok["wb_pgd"].append(correct(model, c.pgd(model, xb, yb, eps, eps / 4, a.steps), yb))
+        if a.strong:
+            ok["wb_strong"].append(pgd_restarts(model, xb, yb, eps, 2.5 * eps / a.strong_steps, a.strong_steps,
+                                                a.restarts))
+        if bb is not None:
+            sl = slice(i * a.batch_size, i * a.batch_size + len(yb))
+            for k in ("fgsm", "pgd"):
+                ok["bb_" + k].append(correct(model, bb["x_" + k][sl].to(device), yb))
+    ok = {k: torch.cat(v) for k, v in ok.items() if v}
+    ok["worst"] = torch.stack(list(ok.values())).all(0)
+    if a.autoattack:
+        ok["autoattack"] = autoattack(model, x, y, eps, a, dataset)
+        ok["worst"] &= ok["autoattack"]
+    acc = {k: 100 * v.sum().item() / len(v) for k, v in ok.items()}  # as common.accuracy: exact ties
+    curve = None
+    if a.curve:
+        curve = {"eps_256": CURVE_EPS, "acc": [c.accuracy(model, x, y, a.batch_size, "pgd", e / 256, a.steps)
+                                               for e in CURVE_EPS]}
+    flags = sanity_flags(acc, curve)
+    args = ck.get("args", {})
+    res = {"ckpt": a.ckpt, "role": role_of(ck), "dataset": dataset, "arch": ck["arch"], "adv": args.get("adv"),
+           "src": ck.get("src"), "tgt": args.get("adv") if "src" in ck else None, "unfreeze": ck.get("unfreeze"),
+           "seed": args.get("seed"), "n_test": len(y), "eps": eps, "eps_256": a.eps, "eps_paper_scale": 2 * eps,
+           "attacks": {"fgsm": {"labels": "true"},
+                       "pgd": {"steps": a.steps, "alpha": eps / 4, "random_start": False},
+                       **({"strong": {"steps": a.strong_steps, "alpha": 2.5 * eps / a.strong_steps,
+                                      "restarts": a.restarts, "random_start": True}} if a.strong else {}),
+                       **({"blackbox": {"file": a.blackbox, "source": bb["source"], "steps": bb["steps"]}}
+                          if bb is not None else {})},
+           "acc": acc, "curve": curve, "flags": flags, "train": {"epoch": ck.get("epoch"), "val": ck.get("metrics")},
+           "eval_seed": a.seed, "wall_s": time.time() - t0, **c.provenance(device)}
+    c.atomic_save(res, a.out)
+    cols = "  ".join(f"{k} {v:.1f}%" for k, v in acc.items())
+    print(f"{cols}  ({time.time() - t0:.0f}s)" + "".join(f"\n  FLAG {f['check']}: {f['detail']}" for f in flags))
+    print(f"wrote {a.out}")
+
+
+def load_blackbox(path, y, a):
+    if not os.path.exists(path):
+        raise c.UsageError(f"black-box examples {path} do not exist; craft them with evaluate.py --craft-from "
+                           f"DENSENET.pt --out {path}")
+    try:
+        bb = torch.load(path, map_location="cpu", weights_only=False)
+        assert isinstance(bb, dict) and "x_pgd" in bb
+    except Exception:
+        raise c.UsageError(f"{path} is not a black-box examples file; recraft it with evaluate.py --craft-from")
+    if bb["dataset"] != "cifar10" or len(bb["y"]) != len(y) or not torch.equal(bb["y"], y.cpu()):
+        raise c.UsageError(f"{path} was crafted on another test set ({bb['dataset']}, {len(bb['y'])} images from "
+                           f"{bb.get('data_dir')!r}) than this evaluation ({len(y)} images from {a.data_dir!r}); "
+                           f"recraft it with the same --data-dir and --limit")
+    if abs(bb["eps"] - a.eps / 256) > 1e-12:
+        raise c.UsageError(f"{path} was crafted at eps {bb['eps'] * 256:g}/256, not --eps {a.eps:g}; recraft it")
+    return bb
+
+
+def autoattack(model, x, y, eps, a, dataset):
+    try:
+        import torchattacks
+    except ImportError:
+        raise c.UsageError("--autoattack needs the optional package torchattacks: pip install torchattacks")
+    aa = torchattacks.AutoAttack(model.eval(), norm="Linf", eps=eps, version="standard",
+                                 n_classes=c.NUM_CLASSES[dataset], seed=a.seed)
+    return torch.cat([correct(model, aa(xb, yb), yb) for xb, yb in c.batches(x, y, a.batch_size)])
+
+
+if __name__ == "__main__":
+    c.run_main(main)
