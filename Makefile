@@ -153,18 +153,19 @@ $(R)/report/report.md: $(EVALS) report.py
 
 # ---- smoke, tests, benchmark -------------------------------------------------------------------------------
 # The same DAG on built-in synthetic data with tiny settings, in its own output tree, on CPU.
-SMOKE = RUN=runs/smoke DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EPOCHS_BB=1 SEEDS=0 \
+SMOKE_RUN ?= runs/smoke
+SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EPOCHS_BB=1 SEEDS=0 \
   SRC='nat fgsm pgd' TGT='nat fgsm pgd' UNFREEZE='1 12 56' BASE='nat fgsm pgd' LAUNCH= \
   TRAIN_FLAGS='--limit 600 --batch-size 50 --device cpu' BB_FLAGS='--limit 300' \
-  EVAL_FLAGS='--limit 200 --strong-steps 10 --restarts 2 --device cpu'
+  EVAL_FLAGS='--limit 100 --strong-steps 5 --restarts 2 --device cpu'
 # One thread per job and one job per core: small models gain nothing from intra-op threads.
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 smoke: | $(VENV)
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(NPROC) $(SMOKE) all
-	@echo "smoke report: runs/smoke/report/report.md"
+	@echo "smoke report: $(SMOKE_RUN)/report/report.md"
 
 clean-smoke:
-	rm -rf runs/smoke
+	rm -rf $(SMOKE_RUN)
 
 test: | $(VENV)
 	$(PY) -m pytest -q tests

@@ -147,9 +147,16 @@ def main(argv=None):
     a = get_args(argv)
     if a.eps < 0 or a.steps < 1 or a.strong_steps < 1 or a.restarts < 1 or (a.limit is not None and a.limit < 1):
         raise c.UsageError("--eps must be non-negative; --steps, --strong-steps, --restarts and --limit positive")
+    if a.autoattack:  # a missing package is reported now, not after the whole evaluation
+        try:
+            import torchattacks  # noqa: F401
+        except ImportError:
+            raise c.UsageError("--autoattack needs the optional package torchattacks: pip install torchattacks")
     device = c.pick_device(a.device)
     torch.manual_seed(a.seed)
     if a.craft_from:
+        if a.out.endswith(".json"):  # the examples are tensors: atomic_save would try (and fail) to write JSON
+            raise c.UsageError(f"--craft-from writes a tensor file: give --out FILE.pt, not {a.out!r}")
         return craft_blackbox(a, device)
     if not a.ckpt or not a.out.endswith(".json"):
         raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
@@ -162,7 +169,7 @@ def main(argv=None):
     x, y = load_test(dataset, a)
     bb = None
     if a.blackbox and dataset == "cifar10" and role_of(ck) != "blackbox":
-        bb = load_blackbox(a.blackbox, y, a)
+        bb = load_blackbox(a.blackbox, y, a, x)
     eps, t0 = a.eps / 256, time.time()
     print(f"evaluating {a.ckpt} on {len(y)} {dataset} test images, {c.eps_str(eps)}", flush=True)
     ok = {"clean": [], "wb_fgsm": [], "wb_pgd": [], "wb_strong": [], "bb_fgsm": [], "bb_pgd": []}
@@ -185,7 +192,9 @@ def main(argv=None):
     acc = {k: 100 * v.sum().item() / len(v) for k, v in ok.items()}  # as common.accuracy: exact ties
     curve = None
     if a.curve:
-        curve = {"eps_256": CURVE_EPS, "acc": [c.accuracy(model, x, y, a.batch_size, "pgd", e / 256, a.steps)
+        # the point at the evaluation's own eps is WB-PGD itself (the same deterministic attack): reuse it
+        curve = {"eps_256": CURVE_EPS, "acc": [acc["wb_pgd"] if e == a.eps else
+                                               c.accuracy(model, x, y, a.batch_size, "pgd", e / 256, a.steps)
                                                for e in CURVE_EPS]}
     flags = sanity_flags(acc, curve)
     args = ck.get("args", {})
@@ -206,7 +215,7 @@ def main(argv=None):
     print(f"wrote {a.out}")
 
 
-def load_blackbox(path, y, a):
+def load_blackbox(path, y, a, x=None):
     if not os.path.exists(path):
         raise c.UsageError(f"black-box examples {path} do not exist; craft them with evaluate.py --craft-from "
                            f"DENSENET.pt --out {path}")
@@ -221,6 +230,11 @@ def load_blackbox(path, y, a):
                            f"recraft it with the same --data-dir and --limit")
     if abs(bb["eps"] - a.eps / 256) > 1e-12:
         raise c.UsageError(f"{path} was crafted at eps {bb['eps'] * 256:g}/256, not --eps {a.eps:g}; recraft it")
+    # the labels can agree while the images differ (another --data-dir): the examples must lie within eps of these
+    gap = 0 if x is None else max((bb[k] - x.cpu().float() / 255).abs().max().item() for k in ("x_fgsm", "x_pgd"))
+    if gap > bb["eps"] + 1e-5:
+        raise c.UsageError(f"{path} holds no perturbations of these {len(y)} test images from {a.data_dir!r} (crafted "
+                           f"from {bb.get('data_dir')!r}); recraft it with the same --data-dir and --limit")
     return bb
 
 

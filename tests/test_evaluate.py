@@ -1,0 +1,545 @@
+"""evaluate.py: the sanity checks (by hand-made numbers and by models built to trip them), the strong attack's
+restarts, a full evaluation of tiny models on synthetic data checked against a recount, and bad input.
+
+Hand-built models stand in where training would be slow or unreliable: a nearest-class-mean classifier (plain,
+informative gradients), the same behind torch.round (zero input gradient: gradient masking) and one that decodes
+the label from the sign of the perturbation (label leaking). They go through evaluate.main as if loaded from a
+checkpoint (model_from_checkpoint is patched), so the flags are those a real evaluation would write.
+"""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import common as c
+import evaluate
+import train_source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 8 / 256
+N_BB = 40  # test images of the black-box examples and of the end-to-end evaluation
+SYN = ["--data-dir", "synthetic", "--device", "cpu"]
+
+
+def checks(flags):
+    return sorted(f["check"] for f in flags)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1a. sanity_flags on hand-made numbers: a plain evaluation is quiet, each broken one trips exactly its check
+
+PLAIN_ACC = {"clean": 90.0, "wb_fgsm": 40.0, "wb_pgd": 30.0, "wb_strong": 28.0, "bb_fgsm": 60.0, "bb_pgd": 50.0,
+             "worst": 27.0}
+PLAIN_CURVE = {"eps_256": list(evaluate.CURVE_EPS), "acc": [90.0, 80.0, 65.0, 45.0, 30.0, 10.0, 0.0]}
+
+BROKEN = {  # name: (changes to acc, changes to the curve by index); each trips that check and nothing else
+    "eps0-not-clean": ({}, {0: 90.1}),  # no tolerance here: eps 0 is the clean input, bit for bit
+    "rises-with-eps": ({}, {3: 66.5}),  # 45 -> 66.5 at eps 4, above eps 2's 65 by more than 1 point
+    "not-zero-at-max-eps": ({}, {5: 20.0, 6: 6.5}),
+    "pgd-above-fgsm": ({"wb_pgd": 41.5, "wb_strong": 40.0, "bb_pgd": 50.0}, {}),
+    "strong-above-pgd": ({"wb_strong": 31.5}, {}),
+    "bb-below-wb": ({"bb_pgd": 28.5}, {}),
+    "adv-above-clean": ({"bb_fgsm": 91.5}, {}),
+}
+
+
+def broken(name):
+    dacc, dcurve = BROKEN[name]
+    acc, curve = {**PLAIN_ACC, **dacc}, {"eps_256": list(evaluate.CURVE_EPS), "acc": list(PLAIN_CURVE["acc"])}
+    for i, v in dcurve.items():
+        curve["acc"][i] = v
+    return acc, curve
+
+
+def test_plain_numbers_raise_no_flag():
+    assert evaluate.sanity_flags(PLAIN_ACC, PLAIN_CURVE) == []
+    assert evaluate.sanity_flags(PLAIN_ACC) == []  # no curve (--no-curve)
+    no_strong_no_bb = {k: v for k, v in PLAIN_ACC.items() if k in ("clean", "wb_fgsm", "wb_pgd")}
+    assert evaluate.sanity_flags(no_strong_no_bb, PLAIN_CURVE) == []
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_each_check_fires_on_its_case_alone(name):
+    acc, curve = broken(name)
+    flags = evaluate.sanity_flags(acc, curve)
+    assert checks(flags) == [name], flags
+    assert flags[0]["detail"] and "%" in flags[0]["detail"]  # says which numbers tripped it
+
+
+@pytest.mark.parametrize("name", [n for n in BROKEN if n != "eps0-not-clean"])
+def test_each_check_has_one_point_of_slack(name):
+    """The case's offending number moved back to exactly the tolerance: quiet. With tol=0: flagged."""
+    at_tol = {
+        "rises-with-eps": ({}, {3: 66.0}),
+        "not-zero-at-max-eps": ({}, {5: 20.0, 6: 6.0}),
+        "pgd-above-fgsm": ({"wb_pgd": 41.0, "wb_strong": 40.0, "bb_pgd": 50.0}, {}),
+        "strong-above-pgd": ({"wb_strong": 31.0}, {}),
+        "bb-below-wb": ({"bb_pgd": 29.0}, {}),
+        "adv-above-clean": ({"bb_fgsm": 91.0}, {}),
+    }[name]
+    acc, curve = {**PLAIN_ACC, **at_tol[0]}, {"eps_256": list(evaluate.CURVE_EPS), "acc": list(PLAIN_CURVE["acc"])}
+    for i, v in at_tol[1].items():
+        curve["acc"][i] = v
+    assert evaluate.sanity_flags(acc, curve) == []
+    assert name in checks(evaluate.sanity_flags(acc, curve, tol=0))
+    assert evaluate.TOL == 1.0
+
+
+def test_eps0_must_equal_clean_exactly():
+    acc, curve = dict(PLAIN_ACC), {"eps_256": list(evaluate.CURVE_EPS), "acc": list(PLAIN_CURVE["acc"])}
+    curve["acc"][0] = 90.0 - 1e-6
+    assert checks(evaluate.sanity_flags(acc, curve)) == ["eps0-not-clean"]
+    curve["acc"][0] = 90.0 + 1e-12
+    assert evaluate.sanity_flags(acc, curve) == []
+
+
+@pytest.mark.parametrize("i", range(1, len(evaluate.CURVE_EPS)))
+def test_a_rise_anywhere_on_the_curve_is_flagged_once(i):
+    a = [90.0, 80.0, 65.0, 45.0, 30.0, 10.0, 0.0]
+    a[i] = a[i - 1] + 2
+    if i == len(a) - 1:  # the last point rising also leaves accuracy at max eps, which is its own flag
+        a[i - 1], a[i] = 3.0, 5.5
+    flags = evaluate.sanity_flags(PLAIN_ACC, {"eps_256": list(evaluate.CURVE_EPS), "acc": a})
+    assert checks(flags) == ["rises-with-eps"]
+    assert f"at {evaluate.CURVE_EPS[i]}/256" in flags[0]["detail"]
+    a[2] = 95.0  # two rises: still one flag
+    assert checks(evaluate.sanity_flags(PLAIN_ACC, {"eps_256": list(evaluate.CURVE_EPS), "acc": a})).count(
+        "rises-with-eps") == 1
+
+
+@pytest.mark.parametrize("key", ["wb_fgsm", "wb_pgd", "bb_fgsm", "bb_pgd"])
+def test_any_attack_above_clean_is_label_leaking(key):
+    acc = dict(PLAIN_ACC, **{key: 92.0})
+    flags = evaluate.sanity_flags(acc)
+    assert "adv-above-clean" in checks(flags)
+    assert [f["detail"] for f in flags if f["check"] == "adv-above-clean"][0].startswith(key)
+    every = dict(PLAIN_ACC, wb_fgsm=95.0, wb_pgd=95.0, bb_fgsm=95.0, bb_pgd=95.0)
+    assert checks(evaluate.sanity_flags(every)).count("adv-above-clean") == 1
+
+
+@pytest.mark.parametrize("kind", ["fgsm", "pgd"])
+def test_bb_below_wb_either_attack(kind):
+    acc = dict(PLAIN_ACC, **{"bb_" + kind: PLAIN_ACC["wb_" + kind] - 1.5})
+    flags = evaluate.sanity_flags(acc, PLAIN_CURVE)
+    assert checks(flags) == ["bb-below-wb"] and f"BB-{kind.upper()}" in flags[0]["detail"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1b. The same checks on real evaluations: hand-built models through evaluate.main
+
+class NearestMean(nn.Module):
+    """Nearest class mean on the synthetic data: logits -||x - mu_k||^2 / T up to a per-input constant. Linear,
+    so its input gradients are informative; T keeps the softmax from saturating (a saturated softmax rounds the
+    true class's gradient away in float32: masking of its own)."""
+
+    def __init__(self, mu, T=10.0):
+        super().__init__()
+        self.register_buffer("mu", mu.flatten(1))
+        self.T = T
+
+    def prep(self, x):
+        return x
+
+    def forward(self, x):
+        z = self.prep(x).flatten(1)
+        return (2 * z @ self.mu.T - (self.mu ** 2).sum(1)) / self.T
+
+
+class Rounded(NearestMean):
+    """The same behind torch.round to the 1/255 grid: identical on clean images, zero input gradient (masking)."""
+
+    def prep(self, x):
+        return torch.round(x * 255) / 255
+
+
+class LabelReader(nn.Module):
+    """Label leaking made literal. A weak linear part (its gradient sets FGSM's direction, about -d_y per pixel)
+    plus a part that reads the sign of each pixel's offset from the 1/255 grid (zero on clean images: they are
+    uint8/255) and matches it against the class patterns d_k: the perturbation itself names the true class."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("d", torch.randint(0, 2, (10, 3 * 32 * 32), generator=g).float() * 2 - 1)
+
+    def forward(self, x):
+        z = x.flatten(1)
+        r = (z * 255 - torch.round(z * 255)).detach()
+        s = torch.sign(r) * (r.abs() > 0.003)
+        return 0.01 * z @ self.d.T + s @ self.d.T
+
+
+@pytest.fixture(scope="module")
+def class_means():
+    x, y = c.synthetic("cifar10", train=True)
+    x = x.float() / 255
+    return torch.stack([x[y == k].mean(0) for k in range(10)])
+
+
+@pytest.fixture(scope="module")
+def fake_ckpt(tmp_path_factory):
+    """A file that passes for a project checkpoint; model_from_checkpoint is patched to hand out the model."""
+    path = tmp_path_factory.mktemp("fake") / "model.pt"
+    torch.save({"arch": "resnet8", "num_classes": 10, "model": {}}, path)
+    return path
+
+
+def evaluate_module(model, ckpt, out, monkeypatch, *extra):
+    monkeypatch.setattr(c, "model_from_checkpoint", lambda ck, device="cpu": model.to(device))
+    evaluate.main(["--ckpt", str(ckpt), "--out", str(out), "--limit", "100", *SYN, *extra])
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_plain_model_end_to_end_raises_no_flag(class_means, fake_ckpt, tmp_path, monkeypatch):
+    r = evaluate_module(NearestMean(class_means), fake_ckpt, tmp_path / "plain.eval.json", monkeypatch)
+    acc = r["acc"]
+    assert acc["clean"] > 90 and r["curve"]["acc"][-1] <= 5  # a sound model: breakable at eps 32/256
+    assert r["flags"] == [], r["flags"]
+
+
+def test_zero_input_gradient_trips_not_zero_at_max_eps(class_means, fake_ckpt, tmp_path, monkeypatch):
+    r = evaluate_module(Rounded(class_means), fake_ckpt, tmp_path / "masked.eval.json", monkeypatch)
+    acc, curve = r["acc"], r["curve"]["acc"]
+    assert acc["clean"] > 90 and curve[-1] == acc["clean"]  # the attacks cannot move it at any eps
+    assert "not-zero-at-max-eps" in checks(r["flags"]), r["flags"]
+    assert "eps0-not-clean" not in checks(r["flags"]) and "adv-above-clean" not in checks(r["flags"])
+
+
+def test_label_leaking_trips_adv_above_clean(fake_ckpt, tmp_path, monkeypatch):
+    r = evaluate_module(LabelReader(), fake_ckpt, tmp_path / "leak.eval.json", monkeypatch, "--no-strong")
+    acc = r["acc"]
+    assert acc["wb_fgsm"] > acc["clean"] + 50  # FGSM with the true label hands the model its answer
+    assert "adv-above-clean" in checks(r["flags"]), r["flags"]
+    assert "eps0-not-clean" not in checks(r["flags"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tiny trained models, shared by the rest of the file
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """A naturally trained resnet8 on synthetic CIFAR-10, far better than chance (~100% clean) and breakable at
+    eps 8/256 (a one-epoch run on 200 images still guesses one class): 2 epochs on 1000 images, lr 0.05."""
+    out = tmp_path_factory.mktemp("eval_baseline") / "cifar10_nat.pt"
+    train_source.main(["--dataset", "cifar10", "--adv", "nat", "--arch", "resnet8", "--epochs", "2", "--limit", "1000",
+                       "--batch-size", "25", "--lr", "0.05", "--out", str(out), *SYN])
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory, tiny_densenet):
+    out = tmp_path_factory.mktemp("eval_bb") / "examples.pt"
+    evaluate.main(["--craft-from", str(tiny_densenet), "--out", str(out), "--limit", str(N_BB), *SYN])
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline_eval(tmp_path_factory, baseline, examples):
+    out = tmp_path_factory.mktemp("eval_out") / "cifar10_nat.eval.json"
+    evaluate.main(["--ckpt", str(baseline), "--blackbox", str(examples), "--out", str(out), "--limit", str(N_BB),
+                   "--strong-steps", "10", "--restarts", "2", "--batch-size", "16", *SYN])  # 3 batches
+    with open(out) as f:
+        return out, json.load(f)
+
+
+def test_trained_resnet_shows_no_masking_flags(baseline_eval):
+    _, r = baseline_eval
+    assert r["acc"]["clean"] > 80
+    assert not {"eps0-not-clean", "strong-above-pgd", "not-zero-at-max-eps", "adv-above-clean"} & set(
+        checks(r["flags"])), r["flags"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. The strong attack: never weaker than PGD-7, restarts keep the per-example worst case
+
+def test_strong_attack_is_never_weaker_than_pgd7(baseline):
+    model = c.model_from_checkpoint(c.load_checkpoint(str(baseline)))
+    x, y = c.load_split("cifar10", "synthetic", train=False)
+    x, y = x[:48].float() / 255, y[:48]
+    eps = 2 / 256  # where PGD-7 leaves a fair share standing, so the comparison means something
+    clean = evaluate.correct(model, x, y)
+    pgd7 = evaluate.correct(model, c.pgd(model, x, y, eps, eps / 4, 7), y)
+    torch.manual_seed(0)
+    strong = evaluate.pgd_restarts(model, x, y, eps, 2.5 * eps / 20, 20, 3)
+    assert 0 < pgd7.sum() < clean.sum()
+    assert strong.sum() <= pgd7.sum()
+    assert not (strong & ~clean).any()
+
+
+class ReadsRow0(nn.Module):
+    """Predicts the class whose pixel (channel 0, row 0, columns 0..9) is brightest; pixel (1, 0, 0) is an id."""
+
+    def forward(self, x):
+        return x[:, 0, 0, :10] * 10
+
+
+def coded_inputs(y, right):
+    x = torch.zeros(len(y), 3, 32, 32)
+    x[:, 1, 0, 0] = torch.arange(len(y)) / 100
+    x[torch.arange(len(y)), 0, 0, torch.where(right, y, (y + 1) % 10)] = 1
+    return x
+
+
+def fake_pgd(schedule, calls):
+    """Stands in for common.pgd: call t fools exactly the ids in schedule[t] and returns correctly classified
+    inputs for every other example, even ones misclassified when clean (as a label-leaking attack would)."""
+    def pgd(model, x, y, eps, alpha, steps, random_start=False):
+        ids = torch.round(x[:, 1, 0, 0] * 100).long()
+        t = len(calls)
+        calls.append({"ids": ids.tolist(), "eps": eps, "alpha": alpha, "steps": steps, "random_start": random_start})
+        fooled = torch.tensor([i in schedule[t] for i in ids.tolist()], dtype=torch.bool)
+        xa = coded_inputs(y, ~fooled)
+        xa[:, 1, 0, 0] = x[:, 1, 0, 0]
+        return xa
+    return pgd
+
+
+def test_restarts_keep_the_per_example_worst_case(monkeypatch):
+    n = 12
+    y = torch.arange(n) % 10
+    wrong_clean = {0, 9}
+    x = coded_inputs(y, torch.tensor([i not in wrong_clean for i in range(n)]))
+    schedule = [{2, 5}, {5, 7}, {3}, set()]  # 5 again in restart 2: it must not be attacked again
+    calls = []
+    monkeypatch.setattr(c, "pgd", fake_pgd(schedule, calls))
+    alive = evaluate.pgd_restarts(ReadsRow0(), x, y, 0.03, 0.0015, 50, 4)
+    robust = set(range(n)) - wrong_clean - {2, 5, 7, 3}
+    assert alive.dtype == torch.bool and alive.tolist() == [i in robust for i in range(n)]
+    attacked = set(range(n)) - wrong_clean
+    expected = []
+    for fooled in schedule:
+        expected.append(sorted(attacked))
+        attacked -= fooled
+    assert [call["ids"] for call in calls] == expected  # only survivors; never the clean-misclassified
+    assert all(call["random_start"] and (call["eps"], call["alpha"], call["steps"]) == (0.03, 0.0015, 50)
+               for call in calls)
+
+
+def test_restarts_stop_when_nothing_is_left(monkeypatch):
+    y = torch.arange(6) % 10
+    x = coded_inputs(y, torch.tensor([True] * 5 + [False]))
+    calls = []
+    monkeypatch.setattr(c, "pgd", fake_pgd([{0, 1, 2}, {3, 4}] + [set()] * 8, calls))
+    alive = evaluate.pgd_restarts(ReadsRow0(), x, y, 0.03, 0.0015, 50, 10)
+    assert not alive.any()
+    assert len(calls) == 2 and all(call["ids"] for call in calls)
+    calls.clear()  # nothing correct to begin with: no attack at all
+    assert not evaluate.pgd_restarts(ReadsRow0(), coded_inputs(y, torch.zeros(6, dtype=torch.bool)), y,
+                                     0.03, 0.0015, 50, 10).any()
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. End to end on synthetic data
+
+COLUMNS = ["clean", "bb_fgsm", "bb_pgd", "wb_fgsm", "wb_pgd"]  # Table 1
+
+
+def test_blackbox_examples_file(examples, tiny_densenet):
+    bb = torch.load(examples, map_location="cpu", weights_only=False)
+    xu, y = c.load_split("cifar10", "synthetic", train=False)
+    xu, y = xu[:N_BB], y[:N_BB]
+    x = xu.float() / 255
+    assert bb["dataset"] == "cifar10" and bb["n_test"] == N_BB and bb["eps"] == EPS and bb["steps"] == 7
+    assert bb["source"] == str(tiny_densenet) and bb["data_dir"] == "synthetic"
+    assert torch.equal(bb["y"], y)
+    for k in ("x_fgsm", "x_pgd"):
+        assert bb[k].shape == x.shape and bb[k].dtype == torch.float32
+        assert (bb[k] - x).abs().max() <= EPS + 1e-6 and bb[k].min() >= 0 and bb[k].max() <= 1
+        assert (bb[k] != x).float().mean() > 0.5  # really perturbed
+    model = c.model_from_checkpoint(c.load_checkpoint(str(tiny_densenet)))
+    assert bb["source_acc_clean"] == c.accuracy(model, xu, y)
+    for k in ("fgsm", "pgd"):
+        assert bb["source_acc_" + k] == pytest.approx(100 * (c.predict(model, bb["x_" + k]) == y).float().mean().item())
+
+
+def test_baseline_evaluation_json(baseline_eval, baseline, examples):
+    out, r = baseline_eval
+    assert r["role"] == "baseline" and r["dataset"] == "cifar10" and r["arch"] == "resnet8" and r["adv"] == "nat"
+    assert r["ckpt"] == str(baseline) and r["src"] is None and r["unfreeze"] is None
+    assert list(r["acc"]) == COLUMNS[:1] + ["wb_fgsm", "wb_pgd", "wb_strong", "bb_fgsm", "bb_pgd", "worst"]
+    assert set(COLUMNS) | {"wb_strong", "worst"} == set(r["acc"])
+    assert all(0 <= v <= 100 for v in r["acc"].values())
+    assert all(r["acc"]["worst"] <= v for v in r["acc"].values())
+    assert r["n_test"] == N_BB
+    assert r["eps"] == 8 / 256 and r["eps_paper_scale"] == 0.0625 and r["eps_256"] == 8
+    at = r["attacks"]
+    assert at["fgsm"] == {"labels": "true"}
+    assert at["pgd"] == {"steps": 7, "alpha": EPS / 4, "random_start": False}
+    assert at["strong"] == {"steps": 10, "alpha": 2.5 * EPS / 10, "restarts": 2, "random_start": True}
+    assert at["blackbox"]["file"] == str(examples) and at["blackbox"]["steps"] == 7
+    assert r["curve"]["eps_256"] == [0, 1, 2, 4, 8, 16, 32]
+    assert r["curve"]["acc"][0] == r["acc"]["clean"]  # exactly: PGD at eps 0 is the clean input
+    assert r["curve"]["acc"][4] == r["acc"]["wb_pgd"]  # the same PGD-7 at eps 8 on the same images
+    assert r["torch"] == torch.__version__ and r["device"] == "cpu" and r["wall_s"] > 0 and r["date"]
+    assert r["eval_seed"] == 0 and r["seed"] == 0 and r["train"]["epoch"] in (1, 2)
+    assert not [n for n in os.listdir(os.path.dirname(out)) if n.endswith(".tmp")]
+
+
+def test_evaluation_agrees_with_a_recount(baseline_eval, baseline, examples):
+    """Every column recounted by hand from the same pieces, batch by batch as the evaluation ran (batches of 16:
+    the black-box examples must be matched to the right images past the first batch)."""
+    _, r = baseline_eval
+    model = c.model_from_checkpoint(c.load_checkpoint(str(baseline)))
+    x, y = c.load_split("cifar10", "synthetic", train=False)
+    x, y = x[:N_BB], y[:N_BB]
+    bb = torch.load(examples, map_location="cpu", weights_only=False)
+    ok = {k: [] for k in ("clean", "wb_fgsm", "wb_pgd", "wb_strong", "bb_fgsm", "bb_pgd")}
+    torch.manual_seed(0)  # the evaluation's seed: only the strong attack's random starts draw from it
+    for i, (xb, yb) in enumerate(c.batches(x, y, 16)):
+        ok["clean"].append(c.predict(model, xb) == yb)
+        ok["wb_fgsm"].append(c.predict(model, c.fgsm(model, xb, yb, EPS)) == yb)
+        ok["wb_pgd"].append(c.predict(model, c.pgd(model, xb, yb, EPS, EPS / 4, 7)) == yb)
+        ok["wb_strong"].append(evaluate.pgd_restarts(model, xb, yb, EPS, 2.5 * EPS / 10, 10, 2))
+        for k in ("fgsm", "pgd"):
+            ok["bb_" + k].append(c.predict(model, bb["x_" + k][16 * i:16 * i + len(yb)]) == yb)
+    ok = {k: torch.cat(v) for k, v in ok.items()}
+    ok["worst"] = torch.stack(list(ok.values())).all(0)
+    assert r["acc"] == {k: 100 * v.sum().item() / N_BB for k, v in ok.items()}
+    assert r["acc"]["clean"] == c.accuracy(model, x, y)  # and as common.accuracy counts
+
+
+def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
+    """main with scripted attacks: each column counts exactly the examples its attack left standing, worst only
+    those every attack left, the black-box files are matched to the right examples across batches, and the
+    strong attack gets its steps, step size and random starts."""
+    n, wrong = 20, {4}
+    fooled = {"fgsm": {0, 1}, "pgd": {1, 2}, "strong": {2, 3, 11}, "bb_fgsm": {5, 13}, "bb_pgd": {13, 19}}
+    y = torch.arange(n) % 10
+    x = torch.full((n, 3, 32, 32), 128, dtype=torch.uint8)
+    x[:, 1, 0, 0] = torch.arange(n, dtype=torch.uint8)  # the example's id
+    x[torch.arange(n), 0, 0, torch.tensor([(int(v) + (i in wrong)) % 10 for i, v in enumerate(y)])] = 140
+
+    def perturb(xf, yb, ids, eps):  # within eps: the true class's pixel down, the next class's up
+        xa = xf.clone()
+        for j, i in enumerate(torch.round(xf[:, 1, 0, 0] * 255).long().tolist()):
+            if i in ids:
+                xa[j, 0, 0, yb[j]] -= eps
+                xa[j, 0, 0, (yb[j] + 1) % 10] += eps
+        return xa
+
+    calls = []
+
+    def pgd(model, xb, yb, eps, alpha, steps, random_start=False):
+        calls.append((alpha, steps, random_start))
+        return perturb(xb, yb, fooled["strong" if random_start else "pgd"], eps)
+
+    monkeypatch.setattr(c, "fgsm", lambda model, xb, yb, eps: perturb(xb, yb, fooled["fgsm"], eps))
+    monkeypatch.setattr(c, "pgd", pgd)
+    monkeypatch.setattr(evaluate, "load_test", lambda dataset, a: (x, y))
+    xf = x.float() / 255
+    bb = {"dataset": "cifar10", "source": "scripted", "eps": EPS, "steps": 7, "n_test": n, "data_dir": "synthetic",
+          "y": y, "x_fgsm": perturb(xf, y, fooled["bb_fgsm"], EPS), "x_pgd": perturb(xf, y, fooled["bb_pgd"], EPS)}
+    torch.save(bb, tmp_path / "bb.pt")
+    r = evaluate_module(ReadsRow0(), fake_ckpt, tmp_path / "r.eval.json", monkeypatch, "--blackbox",
+                        str(tmp_path / "bb.pt"), "--batch-size", "7", "--strong-steps", "4", "--restarts", "3",
+                        "--no-curve")
+    right = set(range(n)) - wrong
+    pct = lambda s: 100 * len(s) / n  # noqa: E731
+    assert r["acc"] == {"clean": pct(right), "wb_fgsm": pct(right - fooled["fgsm"]),
+                        "wb_pgd": pct(right - fooled["pgd"]), "wb_strong": pct(right - fooled["strong"]),
+                        "bb_fgsm": pct(right - fooled["bb_fgsm"]), "bb_pgd": pct(right - fooled["bb_pgd"]),
+                        "worst": pct(right - set().union(*fooled.values()))}
+    assert {(a, s, rs) for a, s, rs in calls} == {(EPS / 4, 7, False), (2.5 * EPS / 4, 4, True)}
+    assert 3 <= sum(rs for _, _, rs in calls) <= 3 * 3  # up to 3 restarts in each of the 3 batches
+
+
+def test_cifar100_source_has_no_blackbox_columns(tiny_source, examples, tmp_path):
+    out = tmp_path / "source.eval.json"
+    evaluate.main(["--ckpt", str(tiny_source), "--blackbox", str(examples), "--out", str(out), "--limit", "20",
+                   "--no-strong", "--no-curve", *SYN])
+    with open(out) as f:
+        r = json.load(f)
+    assert r["role"] == "source" and r["dataset"] == "cifar100" and r["n_test"] == 20
+    assert set(r["acc"]) == {"clean", "wb_fgsm", "wb_pgd", "worst"}
+    assert "blackbox" not in r["attacks"] and "strong" not in r["attacks"] and r["curve"] is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. Bad input: exit status 2, one "error:" line, no traceback, nothing written
+
+def other_data_dir(directory):
+    """The synthetic CIFAR-10 test labels with other images (flipped): labels alone cannot tell them apart."""
+    directory.mkdir()
+    x, y = c.synthetic("cifar10", train=False)
+    np.savez(directory / "cifar10_test.npz", x=x.flip(3).permute(0, 2, 3, 1).numpy(), y=y.numpy())
+    return directory
+
+
+BAD = {  # name: (arguments, a piece of the message); CKPT/BB/... are filled in below
+    "missing --ckpt": (["--ckpt", "MISSING"], "does not exist"),
+    "garbage --ckpt": (["--ckpt", "GARBAGE"], "unreadable"),
+    "cifar100 test set for a 10-class model": (["--ckpt", "BASELINE", "--dataset", "cifar100"], "10 classes"),
+    "black-box file of another --limit": (["--ckpt", "BASELINE", "--blackbox", "BB", "--limit", str(N_BB // 2)],
+                                          "another test set"),
+    "black-box file of another --data-dir": (["--ckpt", "BASELINE", "--blackbox", "BB", "--data-dir", "OTHERDIR",
+                                              "--limit", str(N_BB)], "recraft"),
+    "black-box file at another --eps": (["--ckpt", "BASELINE", "--blackbox", "BB", "--eps", "4"], "eps"),
+    "black-box file that is a checkpoint": (["--ckpt", "BASELINE", "--blackbox", "BASELINE"],
+                                            "not a black-box examples file"),
+    "missing black-box file": (["--ckpt", "BASELINE", "--blackbox", "MISSING"], "do not exist"),
+    "--craft-from a 100-class model": (["--craft-from", "SOURCE", "--out", "WORK/examples.pt"], "100 classes"),
+    "--craft-from into a .json": (["--craft-from", "DENSENET", "--out", "WORK/examples.json"], "--out"),
+    "negative --eps": (["--ckpt", "BASELINE", "--eps", "-8"], "--eps"),
+    "--autoattack without torchattacks": (["--ckpt", "BASELINE", "--autoattack"], "pip install torchattacks"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory, baseline, examples, tiny_source, tiny_densenet):
+    """Every bad case in its own subprocess and empty working folder, a few at a time (start-up dominates)."""
+    root = tmp_path_factory.mktemp("bad")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    (inputs / "garbage.pt").write_bytes(os.urandom(4096))
+    # shadows any installed torchattacks: importing it fails as if it were not installed
+    (inputs / "site" / "torchattacks").mkdir(parents=True)
+    (inputs / "site" / "torchattacks" / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+    fill = {"MISSING": inputs / "missing.pt", "GARBAGE": inputs / "garbage.pt", "BASELINE": baseline,
+            "BB": examples, "SOURCE": tiny_source, "DENSENET": tiny_densenet,
+            "OTHERDIR": other_data_dir(inputs / "other")}
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update({k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")})
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(inputs / "site"), env.get("PYTHONPATH", "")]))
+
+    def run(i_case):
+        i, case = i_case
+        args, _ = BAD[case]
+        work = root / f"work{i}"
+        work.mkdir()
+        args = [str(fill.get(v, v)).replace("WORK", str(work)) for v in args]
+        if "--out" not in args:
+            args += ["--out", str(work / "x.eval.json")]
+        if "--data-dir" not in args:
+            args += ["--data-dir", "synthetic"]
+        if "--limit" not in args:
+            args += ["--limit", str(N_BB)]
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args, "--device", "cpu",
+                            "--strong-steps", "2", "--restarts", "1", "--no-curve"],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        return case, (r, work)
+
+    with ThreadPoolExecutor(3) as pool:
+        return dict(pool.map(run, enumerate(BAD)))
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input(case, bad_runs):
+    r, work = bad_runs[case]
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert BAD[case][1] in lines[0], lines[0]
+    assert os.listdir(work) == []  # no --out, no .tmp
+    if case in ("--autoattack without torchattacks", "negative --eps", "--craft-from into a .json"):
+        assert r.stdout == ""  # refused before any work, not after the whole evaluation
+    if case == "missing --ckpt":
+        assert "missing.pt" in lines[0]
