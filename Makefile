@@ -156,8 +156,8 @@ $(R)/report/report.md: $(EVALS) report.py
 SMOKE_RUN ?= runs/smoke
 SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EPOCHS_BB=1 SEEDS=0 \
   SRC='nat fgsm pgd' TGT='nat fgsm pgd' UNFREEZE='1 12 56' BASE='nat fgsm pgd' LAUNCH= \
-  TRAIN_FLAGS='--limit 600 --batch-size 50 --device cpu' BB_FLAGS='--limit 300' \
-  EVAL_FLAGS='--limit 100 --strong-steps 5 --restarts 2 --device cpu'
+  TRAIN_FLAGS='--limit 400 --batch-size 50 --device cpu' BB_FLAGS='--limit 200' \
+  EVAL_FLAGS='--limit 50 --strong-steps 5 --restarts 2 --curve-eps 0 4 8 32 --device cpu'
 # One thread per job and one job per core: small models gain nothing from intra-op threads.
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 smoke: | $(VENV)

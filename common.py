@@ -553,7 +553,8 @@ def fit(model, params, a, dataset, describe):
           f"train, device {device}", flush=True)
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
-    xmon, ymon = xtr[:256], ytr[:256]  # uint8, as accuracy() expects: it scales by 1/255 itself
+    n_mon = min(256, len(xtr) // 8)
+    xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
     t_start = time.time()
     for epoch in range(start, a.epochs):
         t0 = time.time()

@@ -41,7 +41,8 @@ def get_args(argv=None):
     p.add_argument("--strong-steps", type=int, default=50)
     p.add_argument("--restarts", type=int, default=10)
     p.add_argument("--curve", action=argparse.BooleanOptionalAction, default=True,
-                   help="PGD-7 accuracy at eps " + ",".join(map(str, CURVE_EPS)) + " /256")
+                   help="the robustness curve: PGD accuracy at each of --curve-eps")
+    p.add_argument("--curve-eps", type=float, nargs="+", default=CURVE_EPS, help="eps of the curve, /256")
     p.add_argument("--autoattack", action="store_true", help="also AutoAttack (needs the optional torchattacks)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
@@ -193,9 +194,10 @@ def main(argv=None):
     curve = None
     if a.curve:
         # the point at the evaluation's own eps is WB-PGD itself (the same deterministic attack): reuse it
-        curve = {"eps_256": CURVE_EPS, "acc": [acc["wb_pgd"] if e == a.eps else
-                                               c.accuracy(model, x, y, a.batch_size, "pgd", e / 256, a.steps)
-                                               for e in CURVE_EPS]}
+        eps_list = sorted(int(e) if e == int(e) else e for e in a.curve_eps)
+        curve = {"eps_256": eps_list, "acc": [acc["wb_pgd"] if e == a.eps else
+                                              c.accuracy(model, x, y, a.batch_size, "pgd", e / 256, a.steps)
+                                              for e in eps_list]}
     flags = sanity_flags(acc, curve)
     args = ck.get("args", {})
     res = {"ckpt": a.ckpt, "role": role_of(ck), "dataset": dataset, "arch": ck["arch"], "adv": args.get("adv"),
