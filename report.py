@@ -183,9 +183,14 @@ def collapse(e):
 # Tables
 
 def stat(es, col):
-    """(mean, sample std, n) over the seeds that have this column, or None."""
+    """(mean, sample std, n, se) over the seeds that have this column, or None. se is the binomial standard error
+    of an accuracy measured on the fewest test images among them (points): the test set's own sampling noise,
+    which seeds do not show since every seed meets the same images."""
     v = [e["acc"][col] for e in es if e["acc"].get(col) is not None]
-    return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) if v else None
+    if not v:
+        return None
+    m, n_test = statistics.mean(v), min(e.get("n_test") or 10_000 for e in es)
+    return m, statistics.stdev(v) if len(v) > 1 else 0.0, len(v), 100 * math.sqrt(m / 100 * (1 - m / 100) / n_test)
 
 
 def fmt(s, paper=None, nrow=1):
@@ -236,7 +241,8 @@ def tables(g, flags, extra):
 # ----------------------------------------------------------------------------------------------------------
 # Claims (PROTOCOL.md, "The paper's claims"). A comparison is (text, lhs, rhs, margin), each side a list of
 # (weight, row, column) terms. It holds when lhs - rhs > margin + spread, the spread being the weighted sum of the
-# terms' sample stds (0 with one seed): with several seeds a difference must exceed the seed spread.
+# terms' uncertainties: each sqrt(seed std^2 + binomial se^2), so that neither seed noise nor the finite test set
+# can make a claim hold.
 
 def _mean3(fmt_key, col):
     return [(1 / 3, fmt_key.format(u), col) for u in UNF]
@@ -260,11 +266,13 @@ CLAIMS = [
       for u in UNF for c in ("wb_fgsm", "wb_pgd")]),
 ]
 CLAIMS_RULE = (
-    "Rule: a comparison holds when the difference exceeds its margin plus the spread, the sum of the sample stds of "
-    "the numbers compared (weighted as they enter, 0 with one seed): with several seeds a claim holds only beyond "
-    "the seed spread. A claim holds when all its comparisons hold, and is 'not run' when a model it needs is "
-    "missing. Claim 2 averages the three strategies (the spread of the average: the mean of the stds). The paper's "
-    "own numbers go through the same rule, as a check of the rule.")
+    "Rule: a comparison holds when the difference exceeds its margin plus the spread, the sum of the uncertainties "
+    "of the numbers compared (weighted as they enter); each uncertainty is sqrt(std^2 + se^2), std the sample "
+    "std over seeds (0 with one seed) and se the binomial standard error of an accuracy on the number of test "
+    "images (sqrt(p(1-p)/N)): a claim holds only beyond the seed spread and the test set's sampling noise. A "
+    "claim holds when all its comparisons hold, and is 'not run' when a model it needs is missing. Claim 2 "
+    "averages the three strategies (the spread of the average: the mean of the uncertainties). The paper's own "
+    "numbers go through the same rule (with no uncertainty), as a check of the rule.")
 
 
 def verdict(tests, get):
@@ -276,7 +284,8 @@ def verdict(tests, get):
             vals = [get(k, c) for _, k, c in terms]
             missing += [f"{name(k)} {HEAD[c]}" for (_, k, c), v in zip(terms, vals) if v is None]
             lr.append(None if None in vals else (sum(w * v[0] for (w, _, _), v in zip(terms, vals)),
-                                                 sum(abs(w) * v[1] for (w, _, _), v in zip(terms, vals))))
+                                                 sum(abs(w) * math.hypot(v[1], v[3]) for (w, _, _), v in
+                                                     zip(terms, vals))))
         l, r = lr
         out.append((l, r, None if None in lr else l[0] - r[0] > margin + l[1] + r[1]))
     if missing:
@@ -287,7 +296,7 @@ def verdict(tests, get):
 def claims_md(get):
     def paper(k, c):
         v = PAPER.get(k, (None,) * 5)[COLS.index(c)]
-        return None if v is None else (v, 0.0, 1)
+        return None if v is None else (v, 0.0, 1, 0.0)
 
     def show(s):
         return MISSING if s is None else f"{s[0]:.1f}" + (f" ± {s[1]:.1f}" if s[1] else "")
@@ -502,7 +511,7 @@ def build(out, evals, run):
         d = e.get("departures") or []
         deps += [str(x) for x in ([d] if isinstance(d, str) else d) if str(x) not in deps]
     text = ["# Reproduction report: Davchev et al. 2019 (arXiv 1905.02675)\n",
-            f"Run `{os.path.abspath(run)}`. Tables: table1.md, table1.csv; the claims in detail: claims.md.\n",
+            f"Run `{run}`. Tables: table1.md, table1.csv; the claims in detail: claims.md.\n",
             settings(evals), "## Results\n", t1.split("\n", 2)[2].replace("\n## ", "\n### "),
             "\n## The paper's claims\n", md_table(["claim", "statement", "verdict"], summary),
             "\nRules: [claims.md](claims.md).\n\n## Figures\n",
