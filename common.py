@@ -79,7 +79,7 @@ def synthetic(name, train, n=None):
 def _check_arrays(x, y, path, k):
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
         raise UsageError(f"{path}: x must be uint8 of shape N x 32 x 32 x 3, got {x.dtype} {x.shape}; "
-                         f"regenerate the file in the ../shared/cifar layout")
+                         f"write it with x as uint8 HWC images and y as int64 labels")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise UsageError(f"{path}: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= k):
