@@ -120,7 +120,8 @@ def craft_blackbox(a, device):
     for kind in ("fgsm", "pgd"):
         adv = [c.attack(model, xb, yb, kind, eps, steps=a.steps).cpu() for xb, yb in c.batches(x, y, a.batch_size)]
         out["x_" + kind] = torch.cat(adv)
-        out["source_acc_" + kind] = 100 * (c.predict(model, out["x_" + kind].to(device)) == y).float().mean().item()
+        pred = torch.cat([c.predict(model, xb.to(device)) for xb in out["x_" + kind].split(a.batch_size)])
+        out["source_acc_" + kind] = 100 * (pred == y).float().mean().item()  # in batches: 10,000 at once is GiBs
     out["source_acc_clean"] = c.accuracy(model, x, y)
     c.atomic_save(out, a.out)
     print(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
