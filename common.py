@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -278,9 +279,11 @@ def weight_layers(model):
 # with no parameter gradients (authors' code; Pang et al. 2021); the model is left exactly as found.
 
 def autocast(device):
-    """bf16 autocast on CUDA (no grad scaler needed), a null context elsewhere (fp32 on CPU)."""
+    """bf16 autocast on CUDA (no grad scaler needed), a null context elsewhere (fp32 on CPU). No cast cache: a
+    CUDA graph must not keep casts of an earlier step's weights, and at these sizes the casts cost nothing."""
     dev = torch.device(device)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    return (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if dev.type == "cuda"
+            else contextlib.nullcontext())
 
 
 @contextlib.contextmanager
@@ -320,17 +323,17 @@ def fgsm(model, x, y, eps):
         return (x + eps * _input_grad(model, x, y).sign()).clamp_(0, 1).detach()
 
 
-def pgd(model, x, y, eps, alpha, steps, random_start=False):
+def pgd(model, x, y, eps, alpha, steps, random_start=False, gen=None):
     """Madry et al. 2018: steps of alpha * sign(grad), each projected onto the eps-ball around x and [0, 1].
 
     The paper: 7 steps, alpha = eps/4, no random start (the authors'). With random_start the walk begins at a
-    uniform point of the eps-ball.
+    uniform point of the eps-ball, drawn from gen (a torch.Generator on x's device; None: the global one).
     """
     _check_budget(eps, alpha, steps)
     with frozen_eval(model):
         xa = x.clone()
         if random_start:
-            xa = (xa + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0, 1)
+            xa = (xa + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).clamp_(0, 1)
         for _ in range(steps):
             xa = xa + alpha * _input_grad(model, xa, y).sign()
             xa = torch.min(torch.max(xa, x - eps), x + eps).clamp_(0, 1)
@@ -343,12 +346,12 @@ def predict(model, x):
         return model(x).argmax(1)
 
 
-def attack(model, x, y, kind, eps, alpha=None, steps=7, random_start=False):
+def attack(model, x, y, kind, eps, alpha=None, steps=7, random_start=False, gen=None):
     """The paper's adversaries by name: 'fgsm' or 'pgd' (alpha defaults to eps/4 as in Madry et al.)."""
     if kind == "fgsm":
         return fgsm(model, x, y, eps)
     if kind == "pgd":
-        return pgd(model, x, y, eps, eps / 4 if alpha is None else alpha, steps, random_start)
+        return pgd(model, x, y, eps, eps / 4 if alpha is None else alpha, steps, random_start, gen)
     raise UsageError(f"unknown attack {kind!r}; choose fgsm or pgd")
 
 
@@ -357,20 +360,20 @@ def attack(model, x, y, kind, eps, alpha=None, steps=7, random_start=False):
 # with the current parameters; loss = (CE(clean) + CE(adv)) / 2, the halves forwarded separately in train
 # mode (separate BatchNorm batch statistics, as the authors). Natural training is the clean half alone.
 
-def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False, label_fix=True):
+def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False, label_fix=True, gen=None):
     """One optimiser step; returns detached (loss, clean correct, adv correct) tensors: no host sync here.
 
     FGSM crafts with the model's own predictions (label-leaking fix, Kurakin et al. 2016) when label_fix;
-    PGD crafts with the true labels (Madry et al.).
+    PGD crafts with the true labels (Madry et al.). gen draws PGD's random start.
     """
     x_adv = None
     if adv != "nat":
         y_craft = predict(model, x) if adv == "fgsm" and label_fix else y
-        x_adv = attack(model, x, y_craft, adv, eps, steps=steps, random_start=random_start)
+        x_adv = attack(model, x, y_craft, adv, eps, steps=steps, random_start=random_start, gen=gen)
     with autocast(x.device):
         out = model(x)
         loss = F.cross_entropy(out, y)
-        correct_adv = torch.zeros((), device=x.device)
+        correct_adv = torch.zeros((), device=x.device, dtype=torch.long)
         if x_adv is not None:
             out_adv = model(x_adv)
             loss = (loss + F.cross_entropy(out_adv, y)) / 2
@@ -381,14 +384,124 @@ def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False
     return loss.detach(), (out.argmax(1) == y).sum(), correct_adv
 
 
+def eval_step(model, kind=None, eps=EPS, alpha=None, steps=7, random_start=False):
+    """f(x, y) -> bool tensor: which inputs the model classifies correctly, clean or under a white-box attack
+    with the true labels. Captured per batch size on CUDA (see make_step), eager elsewhere."""
+    def eager(x, y):
+        if kind:
+            x = attack(model, x, y, kind, eps, alpha, steps, random_start)
+        return predict(model, x) == y
+    if _device_of(model).type != "cuda" or random_start:  # a random start differs on every call: not replayable
+        return eager
+    graphs = _EVAL_GRAPHS.setdefault(model, {})
+
+    def captured(x, y):
+        key = (kind, eps, alpha, steps, len(y))
+        if key not in graphs:  # attacks leave the model as found: nothing to restore after the warm-up
+            xs, ys = x.clone(), y.clone()
+            graphs[key] = (xs, ys, *_capture(lambda: eager(xs, ys), []))
+        xs, ys, graph, out = graphs[key]
+        xs.copy_(x)
+        ys.copy_(y)
+        graph.replay()
+        return out.clone()
+    return captured
+
+
 def accuracy(model, x, y, batch_size=500, kind=None, eps=EPS, steps=7, random_start=False, alpha=None):
     """Accuracy (%) on device-resident uint8 data, clean or under a white-box attack with the true labels."""
-    correct = torch.zeros((), device=x.device)
+    f = eval_step(model, kind, eps, alpha, steps, random_start)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
     for xb, yb in batches(x, y, batch_size):
-        if kind:
-            xb = attack(model, xb, yb, kind, eps, alpha, steps, random_start)
-        correct += (predict(model, xb) == yb).sum()
+        correct += f(xb, yb).sum()
     return 100 * correct.item() / max(1, len(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Captured steps. On CUDA one ResNet56 at batch 100 is launch-bound: the GPU waits on ~1,000 small kernel
+# launches per step. So a step is recorded once as a CUDA graph and replayed on fixed input buffers, the same
+# Python code eager on the CPU (and for a batch of another size, the last partial one). A cohort (several
+# models trained by one process) records every member's step in one graph, each on its own CUDA stream, so
+# their kernels can overlap and fill the GPU. Every member keeps its own weights, optimiser and numbers.
+
+_EVAL_GRAPHS = weakref.WeakKeyDictionary()  # model -> {(attack, eps, alpha, steps, batch): captured eval}
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def _capture(fn, state, opts=()):
+    """Record fn() as a CUDA graph; returns (graph, fn's outputs), which each replay rewrites in place.
+
+    Three warm-up calls on a side stream come first (the PyTorch recipe: cuDNN's choices, the allocator, the
+    optimiser's buffers). They are real updates, so `state` (the tensors fn changes in place) is restored after
+    them, and the optimiser buffers they created start at zero: SGD's first step, buf = grad, equals
+    0.9 * 0 + grad. The replays then continue exactly where the eager run would.
+    """
+    opt_state = lambda: [t for o in opts for st in o.state.values() for t in st.values() if torch.is_tensor(t)]  # noqa: E731
+    saved = [t.clone() for t in state]
+    known = {id(t): t.clone() for t in opt_state()}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.no_grad():
+        for t, v in zip(state, saved):
+            t.copy_(v)
+        for t in opt_state():
+            t.copy_(known[id(t)]) if id(t) in known else t.zero_()
+    for o in opts:
+        o.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its own memory pool
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def make_step(models, opts, adv, eps=EPS, steps=7, random_start=False, label_fix=True, capture=None):
+    """The training step of a cohort: step(batches, gens) -> [(loss, clean correct, adv correct)], one entry per
+    member, for batches [(x, y)] and random-start generators gens, one per member.
+
+    Eager: train_step for each member in turn, exactly a separate run's computation. Captured (capture=None:
+    on CUDA): all members in one graph; a random start is drawn from each member's own generator, which a
+    replay cannot redraw, so --random-start stays eager.
+    """
+    capture = _device_of(models[0]).type == "cuda" and not random_start if capture is None else capture
+
+    def eager(batches, gens):
+        return [train_step(m, o, x, y, adv, eps, steps, random_start, label_fix, g)
+                for m, o, (x, y), g in zip(models, opts, batches, gens)]
+    if not capture:
+        return eager
+    g = {}
+
+    def captured(batches, gens):
+        if g and len(batches[0][1]) != len(g["ys"][0]):
+            return eager(batches, gens)  # the partial last batch: another shape than the graph's
+        if not g:
+            g["xs"], g["ys"] = [x.clone() for x, _ in batches], [y.clone() for _, y in batches]
+            streams = [torch.cuda.Stream() for _ in models]
+
+            def all_members():
+                main, outs = torch.cuda.current_stream(), []
+                for m, o, x, y, s in zip(models, opts, g["xs"], g["ys"], streams):
+                    s.wait_stream(main)  # fork ...
+                    with torch.cuda.stream(s):
+                        outs.append(train_step(m, o, x, y, adv, eps, steps, False, label_fix))
+                for s in streams:
+                    main.wait_stream(s)  # ... and join, inside the graph
+                return outs
+            state = [t for m in models for t in list(m.parameters()) + list(m.buffers())]
+            g["graph"], g["out"] = _capture(all_members, state, opts)
+        for xs, ys, (x, y) in zip(g["xs"], g["ys"], batches):
+            xs.copy_(x)
+            ys.copy_(y)
+        g["graph"].replay()
+        return g["out"]
+    return captured
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,28 +549,74 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, what="checkpoint"):
+def check_writable(path, flag="--out"):
+    """Fail before any work when `path` could not be written (a run whose result cannot be saved is lost). Creates
+    nothing: the nearest existing folder above it must be a writable folder."""
+    d = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(d):
+        if os.path.lexists(d):
+            raise UsageError(f"{flag} {path}: {d} is a file, not a folder; pass another path")
+        d = os.path.dirname(d)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write into {d}; pass a writable path")
+
+
+@contextlib.contextmanager
+def output_lock(path, flag="--out"):
+    """An exclusive lock on `path` for the whole run (flock on path.lock, released when the process ends, even by
+    kill -9): two runs on one output cannot interleave; the second fails at once naming the first."""
+    import fcntl
+    check_writable(path, flag)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path + ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UsageError(f"{flag} {path} is being written by another run ({holder}); wait for it to end or stop it")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.close()  # the .lock file stays: removing it would race with a run that just opened it
+
+
+def load_checkpoint(path, what="checkpoint", ours=False):
+    """A checkpoint dict, read with torch.load's safe default (weights_only). ours: a file this project's scripts
+    wrote for themselves (a resume state), for which 'delete it and rerun' is the right advice."""
     if not os.path.exists(path):
         raise UsageError(f"{what} {path} does not exist; train it first (see `make help`) or fix the path")
+    fix = "delete it and rerun its stage" if ours else "pass a checkpoint written by this project's scripts"
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu")
     except Exception as e:
-        raise UsageError(f"{what} {path} is unreadable ({type(e).__name__}); delete it and rerun its stage")
+        raise UsageError(f"{what} {path} is not a readable checkpoint ({type(e).__name__}); {fix}")
     if not isinstance(ck, dict) or "model" not in ck or "arch" not in ck:
-        raise UsageError(f"{what} {path} is not a checkpoint of this project; pass one written by its scripts")
+        raise UsageError(f"{what} {path} is not a checkpoint of this project; {fix}")
     return ck
 
 
-def model_from_checkpoint(ck, device="cpu"):
+def model_from_checkpoint(ck, device="cpu", what="checkpoint"):
     model = build_model(ck["arch"], ck["num_classes"], ck.get("growth", 12))
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UsageError(f"{what}: its weights do not fit the {ck['arch']} with {ck['num_classes']} classes it "
+                         f"records ({first}); it was changed after training or not written by these scripts")
     return model.to(device)
 
 
 def provenance(device):
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return {"torch": torch.__version__, "device": name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    # str(): torch.__version__ is a TorchVersion, which torch.load's safe default (weights_only) refuses
+    return {"torch": str(torch.__version__), "device": name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def pick_device(name):
@@ -469,12 +628,15 @@ def pick_device(name):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The training run shared by the three training scripts: epochs, validation, best/last checkpoints, resume,
-# progress. Each script builds its model and trainable parameters and hands them here.
+# The training run shared by the three training scripts: a cohort of one or more models (several --seed
+# values, several --unfreeze values) trained together, each with its own optimiser, schedule, validation,
+# best/last checkpoints, resume state and log; the same files a separate run of each would write.
 
 def add_training_args(p, epochs, wd, milestones, out):
     """The flags every training script takes; defaults are the authors' schedule for that stage."""
-    p.add_argument("--out", default=out, help="final (best-validation) checkpoint; X.last.pt, X.json, X.jsonl beside it")
+    p.add_argument("--out", default=out, help="final (best-validation) checkpoint; X.last.pt, X.json, X.jsonl, "
+                   "X.log beside it. With several members, a template such as " + out.replace("{", "{{")
+                   .replace("}", "}}").replace("%", "%%") + " (the default)")
     p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--wd", type=float, default=wd, help="weight decay")
@@ -490,10 +652,9 @@ def add_training_args(p, epochs, wd, milestones, out):
                    help="craft training FGSM with the model's predictions (label-leaking fix)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
     p.add_argument("--data-dir", default="data", help="torchvision root, a folder of *_train/test.npz, or 'synthetic'")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds, trained together")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the model (CUDA; compiles the attack's forward/backward too)")
+    p.add_argument("--force", action="store_true", help="retrain even if the output exists (it is replaced)")
     return p
 
 
@@ -503,101 +664,236 @@ def check_training_args(a):
     if a.eps < 0 or a.steps < 1 or a.lr <= 0 or a.wd < 0:
         raise UsageError(f"--eps and --wd must be non-negative, --steps and --lr positive "
                          f"(got eps={a.eps}, steps={a.steps}, lr={a.lr}, wd={a.wd})")
-    if not a.out.endswith(".pt"):
-        raise UsageError(f"--out must name a .pt file, got {a.out!r}")
+    if len(set(a.seed)) != len(a.seed):
+        raise UsageError(f"--seed lists a seed twice ({' '.join(map(str, a.seed))})")
+
+
+def member_paths(template, members, flag="--out"):
+    """The member's output: the template (--out, or the script's default) filled with its values ({seed},
+    {unfreeze}, ...). Several members need distinct paths, so a fixed --out is refused for them."""
+    try:
+        paths = [template.format(**m) for m in members]
+    except (KeyError, IndexError, ValueError) as e:
+        raise UsageError(f"{flag} {template!r}: unknown or malformed field {e}; use {{{'}, {'.join(members[0])}}}")
+    if len(set(paths)) != len(paths):
+        raise UsageError(f"{flag} {template} names one file for {len(paths)} models; with several --seed or "
+                         f"--unfreeze values give a template, e.g. {flag} 'runs/x/m-{{unfreeze}}_s{{seed}}.pt'")
+    if not all(p.endswith(".pt") for p in paths):
+        raise UsageError(f"{flag} must name a .pt file, got {template!r}")
+    return paths
+
+
+def member(model, params, a, out, info, **values):
+    """A cohort member for fit: its model, the parameters that train, its output, its recorded arguments (the
+    script's flags with this member's own values: seed, unfreeze, ...) and what its checkpoint says of it."""
+    args = {k: v for k, v in vars(a).items() if k not in ("device", "force")}
+    return dict(model=model, params=params, out=out, args={**args, **values, "out": out}, info=info)
+
+
+def fit_options(a):
+    """fit's settings from the flags add_training_args defined (the scripts' one bridge to the library)."""
+    return dict(epochs=a.epochs, lr=a.lr, wd=a.wd, milestones=a.milestones, batch_size=a.batch_size,
+                eps=a.eps / 256, steps=a.steps, random_start=a.random_start, label_fix=a.label_fix,
+                data_dir=a.data_dir, limit=a.limit, device=a.device, force=a.force)
+
+
+def lr_at(epoch, lr, epochs, milestones):
+    """The learning rate of 0-based `epoch`: x0.1 at each milestone, a fraction of `epochs` rounded, at least
+    epoch 1 (a milestone rounded to 0 would cut the lr before any training, e.g. with --epochs 1). A pure
+    function: resume restores no scheduler."""
+    return lr * 0.1 ** sum(epoch >= max(1, round(f * epochs)) for f in milestones)
+
+
+def set_lr(opt, lr):
+    for g in opt.param_groups:
+        if torch.is_tensor(g["lr"]):
+            g["lr"].fill_(lr)  # a device tensor read by the captured step: no host sync, no re-capture
+        else:
+            g["lr"] = lr
+
+
+COLLAPSE = 0.3  # catastrophic overfitting: train-batch PGD accuracy below 30% of its best so far (best >= 10%)
+
+
+def collapse_verdict(rows):
+    """Catastrophic overfitting (Wong et al. 2020): FGSM training can send PGD accuracy to ~0 while FGSM accuracy
+    stays high. Judged on the per-epoch PGD accuracy of a fixed training batch (train_batch_pgd): the first
+    epoch where it falls below COLLAPSE x its best so far, once that best is at least 10% (below, the 256-image
+    monitor is noise). None, or a sentence saying where."""
+    best, best_ep = -1.0, None
+    for r in rows:
+        v = r.get("train_batch_pgd")
+        if v is None:
+            continue
+        if v > best:
+            best, best_ep = v, r["epoch"]
+        elif best >= 10 and v < COLLAPSE * best:
+            return (f"train-batch PGD accuracy fell to {v:.1f}% at epoch {r['epoch']} from {best:.1f}% at epoch "
+                    f"{best_ep} (last epoch {rows[-1]['train_batch_pgd']:.1f}%)")
+    return None
 
 
 def _fmt_time(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def fit(model, params, a, dataset, describe):
-    """Train `params` of `model` with the mixed objective for a.adv on `dataset`; keep the best-validation
-    weights (clean accuracy for natural runs, mean of clean and adversarial for adversarial ones, as the
-    authors) in a.out and everything needed to resume in X.last.pt. describe: dict stored in the checkpoint
-    (arch, num_classes, ...)."""
-    device = pick_device(a.device)
-    eps = a.eps / 256
-    base = a.out[:-3]
-    last_path, log_path = base + ".last.pt", base + ".jsonl"
-    (xtr, ytr), (xva, yva) = load_data(dataset, a.data_dir, a.limit)
-    if describe["num_classes"] != NUM_CLASSES[dataset]:
-        raise UsageError(f"the model has {describe['num_classes']} classes but {dataset} has {NUM_CLASSES[dataset]}")
+def _args_diff(old, new):
+    return ", ".join(f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v)
+
+
+def _start(m, opt, lr, epochs, force):
+    """Where member m starts: (first epoch, best so far, rows), from its resume state X.last.pt if there is one
+    with the same arguments; None if its output is finished with these arguments (and newer than its init)."""
+    out, last = m["out"], m["out"][:-3] + ".last.pt"
+    init = m["info"].get("init")
+    newer = lambda p: init and os.path.getmtime(init) > os.path.getmtime(p)  # noqa: E731 (its source retrained)
+    if os.path.exists(out) and not force and not newer(out):
+        diff = _args_diff(load_checkpoint(out, ours=True)["args"], m["args"])
+        if diff:
+            raise UsageError(f"{out} exists, trained with other arguments ({diff}); pass another --out, or --force "
+                             f"to replace it")
+        return None
+    if force or not os.path.exists(last) or newer(last):
+        return 0, {"score": -1.0}, []
+    ck = load_checkpoint(last, "resume state", ours=True)
+    if ck["args"] != m["args"]:
+        raise UsageError(f"{last} is a run with other arguments ({_args_diff(ck['args'], m['args'])}); rerun with "
+                         f"the same ones to resume it, or --force to start afresh")
+    m["model"].load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    for g in opt.param_groups:
+        g["lr"] = torch.tensor(lr, device=g["params"][0].device) if g["params"][0].is_cuda else lr
+    return min(ck["epoch"], epochs), ck["best"], ck["rows"]
+
+
+def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, steps, random_start=False,
+        label_fix=True, data_dir="data", limit=None, device="auto", force=False, freeze_bn=False):
+    """Train a cohort with the mixed objective (adv) on `dataset`. Each member is a dict: model, params (what
+    trains), out (X.pt), args (its recorded flags: the resume check) and info (what its checkpoint says of it:
+    arch, num_classes, role, ...). Per member: the best-validation weights (clean accuracy for natural runs, the
+    mean of clean and adversarial for adversarial ones, as the authors) in X.pt, X.json beside it, everything to
+    resume in X.last.pt, a row per epoch in X.jsonl, its lines appended to X.log. A finished member (X.pt newer
+    than its init) is skipped unless force. Returns the summaries of the members trained."""
+    device = pick_device(device)
+    for m in members:
+        check_writable(m["out"])
+    data = load_data(dataset, data_dir, limit)  # bad data is reported before anything is written
+    with contextlib.ExitStack() as locks:
+        for m in members:  # every output ours alone for the whole run
+            locks.enter_context(output_lock(m["out"]))
+        return _fit(members, data, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, steps, random_start,
+                    label_fix, device, force, freeze_bn)
+
+
+def _fit(members, data, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, steps, random_start, label_fix,
+         device, force, freeze_bn):
+    (xtr, ytr), (xva, yva) = data
+    todo = []
+    for m in members:
+        m["named"] = len(members) > 1
+        if m["info"]["num_classes"] != NUM_CLASSES[dataset]:
+            raise UsageError(f"the model has {m['info']['num_classes']} classes but {dataset} has "
+                             f"{NUM_CLASSES[dataset]}")
+        # channels_last: tensor cores on CUDA; on CPU oneDNN's NHWC kernels, 16-23% faster steps (BENCHMARKS.md)
+        m["model"].to(device).to(memory_format=torch.channels_last)
+        cuda = device.startswith("cuda")  # lr as a device tensor: the captured optimiser step reads it
+        m["opt"] = torch.optim.SGD(m["params"], lr=torch.tensor(lr, device=device) if cuda else lr, momentum=0.9,
+                                   weight_decay=wd, fused=cuda or None)
+        st = _start(m, m["opt"], lr, epochs, force)
+        if st is None:
+            print(f"{m['out']} exists; nothing to do (--force retrains it)")
+            continue
+        m["start"], m["best"], m["rows"] = st
+        m["log"] = open(m["out"][:-3] + ".log", "a" if m["start"] else "w")  # a resumed run appends
+        if m["start"]:
+            say(m, f"resuming {m['out']} after epoch {m['start']}/{epochs}")
+        todo.append(m)
+    if not todo:
+        return []
     xtr, ytr, xva, yva = (t.to(device) for t in (xtr, ytr, xva, yva))
-    # channels_last: tensor cores on CUDA; on CPU oneDNN's NHWC kernels, 16-23% faster steps (BENCHMARKS.md)
-    model.to(device).to(memory_format=torch.channels_last)
-    net = torch.compile(model) if a.compile else model
-    opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.wd,
-                          fused=device.startswith("cuda") or None)
-    # at least epoch 1: a milestone rounded to 0 would cut the lr before any training (e.g. --epochs 1)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, round(f * a.epochs)) for f in a.milestones], 0.1)
-    args = {k: v for k, v in vars(a).items() if k not in ("device", "compile")}
-    start, best, rows = 0, {"score": -1.0}, []
-    if os.path.exists(last_path):
-        ck = load_checkpoint(last_path, "resume state")
-        if ck["args"] != args:
-            diff = ", ".join(f"--{k.replace('_', '-')} {ck['args'].get(k)} -> {v}" for k, v in args.items()
-                             if ck["args"].get(k) != v)
-            raise UsageError(f"{last_path} is a run with other arguments ({diff}); rerun with the same ones to "
-                             f"resume it, or delete it to start afresh")
-        if ck["epoch"] < a.epochs:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            start, best, rows = ck["epoch"], ck["best"], ck["rows"]
-            print(f"resuming {a.out} after epoch {start}/{a.epochs}")
-        else:
-            print(f"{last_path} is a finished run; training afresh")
-    print(f"{describe['arch']} on {dataset} ({len(xtr)} train / {len(xva)} val), {a.adv} training, {eps_str(eps)}, "
-          f"{sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,} parameters "
-          f"train, device {device}", flush=True)
+    for m in todo:
+        n_par = sum(p.numel() for p in m["params"])
+        say(m, f"{m['info']['arch']} on {dataset} ({len(xtr)} train / {len(xva)} val), {adv} training, "
+               f"{eps_str(eps)}, {n_par:,} of {sum(p.numel() for p in m['model'].parameters()):,} parameters "
+               f"train, device {device}" + (f", cohort of {len(todo)}" if len(todo) > 1 else ""))
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
     n_mon = min(256, len(xtr) // 8)
     xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
-    t_start = time.time()
-    for epoch in range(start, a.epochs):
-        t0 = time.time()
-        torch.manual_seed(a.seed * 100003 + epoch)  # every epoch reproducible on its own: exact resume
-        gen = torch.Generator(device).manual_seed(a.seed * 100003 + epoch)
-        set_train_mode(net, getattr(a, "freeze_bn", False))
-        lr = opt.param_groups[0]["lr"]
-        tot = torch.zeros(3, device=device)
-        for xb, yb in batches(xtr, ytr, a.batch_size, gen, train=True):
-            loss, c, ca = train_step(net, opt, xb, yb, a.adv, eps, a.steps, a.random_start, a.label_fix)
-            tot += torch.stack([loss * len(yb), c.float(), ca.float()])
-        sched.step()
-        loss, tr_clean, tr_adv = (tot / len(xtr) * torch.tensor([1.0, 100, 100], device=device)).tolist()
-        val_clean = accuracy(net, xva, yva)
-        val_adv = accuracy(net, xva, yva, kind=a.adv, eps=eps, steps=a.steps) if a.adv != "nat" else None
-        mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=a.steps) if a.adv != "nat" else None
-        score = val_clean if val_adv is None else (val_clean + val_adv) / 2
+    steps_of, t_start, first = {}, time.time(), min(m["start"] for m in todo)
+    for epoch in range(first, epochs):
+        act = [m for m in todo if m["start"] <= epoch]
+        key = tuple(id(m) for m in act)  # one step callable (one graph) per set of members training
+        if key not in steps_of:
+            steps_of[key] = make_step([m["model"] for m in act], [m["opt"] for m in act], adv, eps, steps,
+                                      random_start, label_fix)
+        t0, lr_e = time.time(), lr_at(epoch, lr, epochs, milestones)
+        gens = []
+        for m in act:
+            set_train_mode(m["model"], freeze_bn)
+            set_lr(m["opt"], lr_e)
+            m["tot"] = torch.zeros(3, device=device)
+            # every epoch reproducible on its own: shuffle, crops, flips and random starts; exact resume
+            gens.append(torch.Generator(device).manual_seed(m["args"]["seed"] * 100003 + epoch))
+        for bs in zip(*(batches(xtr, ytr, batch_size, g, train=True) for g in gens)):
+            for m, (loss, k, ka), (_, yb) in zip(act, steps_of[key](bs, gens), bs):
+                m["tot"] += torch.stack([loss * len(yb), k.float(), ka.float()])
         dt = time.time() - t0
-        row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_clean": tr_clean, "val_clean": val_clean,
-               "seconds": dt, "images_per_s": len(xtr) / dt}
-        if a.adv != "nat":
-            row.update(train_adv=tr_adv, val_adv=val_adv, train_batch_pgd=mon_pgd)
-        rows.append(row)
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1, "metrics": row,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        atomic_save({**describe, "args": args, "epoch": epoch + 1, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best, "rows": rows},
-                    last_path)
-        with open(log_path + ".tmp", "w") as f:  # rewritten whole each epoch: a resumed log has no duplicates
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(log_path + ".tmp", log_path)
-        adv_txt = "" if a.adv == "nat" else f" adv {tr_adv:5.1f}%"
-        vadv_txt = "" if a.adv == "nat" else f" {a.adv} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
-        left = (a.epochs - epoch - 1) * (time.time() - t_start) / (epoch + 1 - start)
-        print(f"epoch {epoch + 1:3d}/{a.epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
-              f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s | "
-              f"{_fmt_time(dt)} | left {_fmt_time(left)}", flush=True)
-    summary = {**describe, "dataset": dataset, "adv": a.adv, "eps": eps, "eps_paper_scale": 2 * eps,
-               "best_epoch": best["epoch"], "best_val": best["metrics"], "last": rows[-1], "args": args,
-               "wall_s": sum(r["seconds"] for r in rows), **provenance(device)}
-    atomic_save({**describe, "dataset": dataset, "args": args, "epoch": best["epoch"], "metrics": best["metrics"],
-                 "model": best["model"], "provenance": provenance(device)}, a.out)
-    atomic_save(summary, base + ".json")
-    print(f"wrote {a.out} (best epoch {best['epoch']}, val score {best['score']:.1f}%)")
+        for m in act:
+            _end_epoch(m, epoch, epochs, lr_e, dt, len(act), adv, eps, steps, xtr, xva, yva, xmon, ymon, device,
+                       t_start, first)
+    return [_finish(m, dataset, adv, eps, len(xtr), len(xva), device) for m in todo]
+
+
+def say(m, line):
+    """A member's line: printed (named, in a cohort) and appended to its X.log."""
+    print(f"[{os.path.basename(m['out'])[:-3]}] {line}" if m.get("named") else line, flush=True)
+    m["log"].write(line + "\n")
+    m["log"].flush()
+
+
+def _end_epoch(m, epoch, epochs, lr, dt, k, adv, eps, steps, xtr, xva, yva, xmon, ymon, device, t_start, first):
+    """Validate member m, keep its best weights, save its resume state and log its epoch."""
+    loss, tr_clean, tr_adv = (m["tot"] / len(xtr) * torch.tensor([1.0, 100, 100], device=device)).tolist()
+    net = m["model"]
+    val_clean = accuracy(net, xva, yva)
+    val_adv = accuracy(net, xva, yva, kind=adv, eps=eps, steps=steps) if adv != "nat" else None
+    mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=steps) if adv != "nat" else None
+    score = val_clean if val_adv is None else (val_clean + val_adv) / 2
+    row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_clean": tr_clean, "val_clean": val_clean,
+           "seconds": dt, "images_per_s": len(xtr) / dt}
+    if adv != "nat":
+        row.update(train_adv=tr_adv, val_adv=val_adv, train_batch_pgd=mon_pgd)
+    m["rows"].append(row)
+    if score > m["best"]["score"]:
+        m["best"] = {"score": score, "epoch": epoch + 1, "metrics": row,
+                     "model": {n: v.detach().cpu().clone() for n, v in net.state_dict().items()}}
+    atomic_save({**m["info"], "args": m["args"], "epoch": epoch + 1, "model": net.state_dict(),
+                 "optimizer": m["opt"].state_dict(), "best": m["best"], "rows": m["rows"]}, m["out"][:-3] + ".last.pt")
+    log = m["out"][:-3] + ".jsonl"
+    with open(log + ".tmp", "w") as f:  # rewritten whole each epoch: a resumed log has no duplicates
+        f.writelines(json.dumps(r) + "\n" for r in m["rows"])
+    os.replace(log + ".tmp", log)
+    adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
+    vadv_txt = "" if adv == "nat" else f" {adv} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
+    left = (epochs - epoch - 1) * (time.time() - t_start) / (epoch + 1 - first)
+    say(m, f"epoch {epoch + 1:3d}/{epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
+           f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s"
+           + (f" (x{k} models)" if k > 1 else "") + f" | {_fmt_time(dt)} | left {_fmt_time(left)}")
+
+
+def _finish(m, dataset, adv, eps, n_train, n_val, device):
+    """Write member m's final checkpoint (its best epoch) and summary."""
+    rows, best = m["rows"], m["best"]
+    info = {**m["info"], "dataset": dataset, "adv": adv, "args": m["args"], "n_train": n_train, "n_val": n_val,
+            "collapse": collapse_verdict(rows)}
+    summary = {**info, "eps": eps, "eps_paper_scale": 2 * eps, "best_epoch": best["epoch"],
+               "best_val": best["metrics"], "last": rows[-1], "wall_s": sum(r["seconds"] for r in rows),
+               **provenance(device)}
+    atomic_save({**info, "epoch": best["epoch"], "metrics": best["metrics"], "rows": rows, "model": best["model"],
+                 "provenance": provenance(device)}, m["out"])
+    atomic_save(summary, m["out"][:-3] + ".json")
+    say(m, f"wrote {m['out']} (best epoch {best['epoch']}, val score {best['score']:.1f}%)"
+           + (f"; WARNING catastrophic overfitting: {info['collapse']}" if info["collapse"] else ""))
+    m["log"].close()
     return summary
