@@ -1,18 +1,21 @@
-"""Throughput of the project's training and evaluation steps beside a plain PyTorch reference, in one run, and the
-wall time of `make all` that the measured rates imply.
+"""Throughput of the project's training and evaluation steps beside a plain PyTorch reference, in one run: the
+eager step, the captured step (CUDA graphs), and cohorts of several models per process; then the wall time of
+`make all` that the measured rates imply.
 
     python bench.py --out runs/bench.json          # `make bench`; CUDA: minutes; CPU: 1 step per timing, ~5 min
     python bench.py --device cpu --threads 1       # a CPU shared with other jobs: one thread is far steadier
     python bench.py --quick --device cpu --arch resnet8 --batch-size 8 --growth 4 --out /tmp/bench.json  # smoke
 
-Project: common.train_step on common.batches (uint8 data on the device, augmented there), channels_last,
-bf16 autocast and fused SGD on CUDA, attacks with input-only gradients, as common.fit runs them. Reference: the
-same math (eps 8/256, PGD-7 with alpha eps/4 and no random start, crafted in eval mode, mixed loss (CE(clean) +
-CE(adv)) / 2, FGSM label fix) written the common way: a DataLoader over a CIFAR-like dataset with per-image CPU
-transforms, fp32, NCHW, eager, every attack step through loss.backward() (parameter gradients computed too,
-model.zero_grad() each step), loss.item() every step. Rates are clean images per second (each training image
-also yields one adversarial image), the median of --repeats timings after warm-up, synchronised on CUDA; the
-data is synthetic. See BENCHMARKS.md for figures and the commands that produced them.
+Project: the very callables common.fit runs: common.make_step (eager, captured, and a cohort of K models in one
+graph, each on its own stream) on common.batches (uint8 data on the device, augmented there), channels_last,
+bf16 autocast and fused SGD on CUDA, attacks with input-only gradients; common.eval_step for evaluation.
+Reference: the same math (eps 8/256, PGD-7 with alpha eps/4 and no random start, crafted in eval mode, mixed loss
+(CE(clean) + CE(adv)) / 2, FGSM label fix) written the common way: a DataLoader over a CIFAR-like dataset with
+per-image CPU transforms, fp32, NCHW, eager, every attack step through loss.backward() (parameter gradients
+computed too, model.zero_grad() each step), loss.item() every step. Rates are clean images per second, in total
+over a cohort's members (each training image also yields one adversarial image), the median of --repeats
+timings after warm-up (which includes the capture), synchronised on CUDA; the data is synthetic. See
+BENCHMARKS.md for figures and the commands that produced them.
 """
 import argparse
 import copy
@@ -28,12 +31,14 @@ import torchvision.transforms as T
 from PIL import Image
 
 import common as c
+import evaluate
+import train_blackbox
+import train_source
+import transfer
 
 # bf16 dense tensor-core peak in TFLOP/s by device name (vendor data sheets; SXM parts)
 PEAKS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312, "L40S": 362, "4090": 165}
-# `make all` (PROTOCOL.md, Makefile): training, validation, PGD-monitor and test images; ResNets evaluated (3 sources
-# on CIFAR-100, 3 baselines and 27 transfers on CIFAR-10), those also given the black-box sets
-N_TRAIN, N_VAL, N_MON, N_TEST, N_EVALS, N_BB_EVALS = 47_500, 2_500, 256, 10_000, 33, 30
+N_TRAIN_ALL, N_TEST, N_MON = 50_000, 10_000, 256  # CIFAR's training and test sets; fit's PGD monitor batch
 
 
 def get_args(argv=None):
@@ -44,13 +49,11 @@ def get_args(argv=None):
                    help="also time DenseNet121: the black-box stage")
     p.add_argument("--growth", type=int, default=12, help="DenseNet121 growth rate (the authors: 12)")
     p.add_argument("--batch-size", type=int, default=100, help="clean images per step (+ as many adversarial)")
+    p.add_argument("--cohorts", type=int, nargs="*", default=None,
+                   help="cohort sizes timed beside one model (CUDA: 3 9; CPU: none, members run one after another)")
     p.add_argument("--repeats", type=int, default=None, help="timings per row, median kept (CUDA 5, CPU 3)")
     p.add_argument("--iters", type=int, default=None, help="steps per timing (CUDA 20, CPU 1)")
     p.add_argument("--quick", action="store_true", help="one warm-up and one timing of one step per row")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the project's model (meant for CUDA; the reference stays eager)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="the project's model in channels_last, as fit (--no-channels-last: the layout before)")
     p.add_argument("--workers", type=int, default=None,
                    help="reference DataLoader workers (CUDA: 2, as the PyTorch CIFAR tutorial; CPU: 0, the cores "
                         "are the model's)")
@@ -66,6 +69,7 @@ def get_args(argv=None):
     a.repeats = a.repeats or (1 if a.quick else 3 if cpu else 5)
     a.iters = a.iters or (1 if a.quick or cpu else 20)
     a.workers = a.workers if a.workers is not None else (0 if cpu else 2)
+    a.cohorts = a.cohorts if a.cohorts is not None else ([] if cpu else [3, 9])
     return a
 
 
@@ -175,110 +179,148 @@ def host_syncs(f, cuda):
 
 
 def bench_arch(a, arch, advs, x, y, flops, peak):
-    """Rows '{arch}/train/{adv}' and '{arch}/eval/{kind}': the project's and the reference's rates."""
+    """Rows '{arch}/train/{adv}' and '{arch}/eval/{kind}': img/s of each path ('reference', 'eager', on CUDA
+    'captured' and 'cohortK'), the host syncs of the project's step, and its TFLOP/s."""
     dev, cuda, eps, bs = a.device, a.device.startswith("cuda"), c.EPS, a.batch_size
     torch.manual_seed(0)
-    model = c.build_model(arch, 10, a.growth).to(dev)
-    ref = copy.deepcopy(model)  # same initial weights; fp32, NCHW, eager
-    if a.channels_last:  # as common.fit does
-        model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if a.compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5, fused=cuda or None)
+    base = c.build_model(arch, 10, a.growth)
+    ref = copy.deepcopy(base).to(dev)  # same initial weights; fp32, NCHW, eager
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
-    gen = torch.Generator(dev).manual_seed(0)
-    ours = itertools.chain.from_iterable(c.batches(x, y, bs, gen, train=True) for _ in itertools.count())
     theirs = itertools.chain.from_iterable(itertools.repeat(ref_loader(x, y, bs, True, a.workers, dev)))
     eval_bs = 500 if cuda else bs  # common.accuracy's batch on CUDA; one training batch on CPU
     xe, ye = x[:eval_bs * a.iters], y[:eval_bs * a.iters]
     eval_loader = ref_loader(xe, ye, eval_bs, False, a.workers, dev)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    def train_ours(adv):
-        c.set_train_mode(net)
-        tot = torch.zeros(3, device=dev)
-        for _ in range(a.iters):  # the body of fit's step loop
-            xb, yb = next(ours)
-            loss, k, ka = c.train_step(net, opt, xb, yb, adv, eps)
-            tot += torch.stack([loss * len(yb), k.float(), ka.float()])
+    def ours(adv, k, capture):
+        """fit's inner loop over k members (each a copy of the same model, as fit builds them)."""
+        models = [copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last) for _ in range(k)]
+        opts = [torch.optim.SGD(m.parameters(), lr=torch.tensor(0.1, device=dev) if cuda else 0.1, momentum=0.9,
+                                weight_decay=1e-5, fused=cuda or None) for m in models]
+        step = c.make_step(models, opts, adv, eps, capture=capture)
+        gens = [torch.Generator(dev).manual_seed(i) for i in range(k)]
+        its = [itertools.chain.from_iterable(c.batches(x, y, bs, g, train=True) for _ in itertools.count())
+               for g in gens]
+        tot = [torch.zeros(3, device=dev) for _ in models]
+
+        def run():
+            for m in models:
+                c.set_train_mode(m)
+            for _ in range(a.iters):
+                b = [next(it) for it in its]
+                for t, (loss, n, na), (_, yb) in zip(tot, step(b, gens), b):
+                    t += torch.stack([loss * len(yb), n.float(), na.float()])
+        return run
 
     def train_ref(adv):
-        ref.train()
-        for _ in range(a.iters):
-            xb, yb = next(theirs)
-            ref_step(ref, ref_opt, xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True), adv, eps)
+        def run():
+            ref.train()
+            for _ in range(a.iters):
+                xb, yb = next(theirs)
+                ref_step(ref, ref_opt, xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True), adv, eps)
+        return run
 
-    jobs = {f"train/{adv}": (bs * a.iters, lambda adv=adv: train_ours(adv), lambda adv=adv: train_ref(adv))
-            for adv in advs}
+    def evaluation(kind, capture):
+        model = copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last)
+        f = c.eval_step(model, kind, eps, capture=capture)
+
+        def run():
+            n = torch.zeros((), device=dev, dtype=torch.long)
+            for xb, yb in c.batches(xe, ye, eval_bs):
+                n += f(xb, yb).sum()
+            return n.item()  # as common.accuracy: one sync per call
+        return run
+
+    jobs = {}
+    for adv in advs:
+        v = {"reference": (bs, lambda adv=adv: train_ref(adv)), "eager": (bs, lambda adv=adv: ours(adv, 1, False))}
+        if cuda:
+            v["captured"] = (bs, lambda adv=adv: ours(adv, 1, True))
+        v.update({f"cohort{k}": (k * bs, lambda adv=adv, k=k: ours(adv, k, None)) for k in a.cohorts})
+        jobs[f"train/{adv}"] = v
     for kind in ("clean", "fgsm", "pgd"):
         k = None if kind == "clean" else kind
-        jobs[f"eval/{kind}"] = (len(xe), lambda k=k: c.accuracy(net, xe, ye, batch_size=eval_bs, kind=k, eps=eps),
-                                lambda k=k: ref_accuracy(ref, eval_loader, k, eps, dev))
+        v = {"reference": (len(xe) / a.iters, lambda k=k: lambda: ref_accuracy(ref, eval_loader, k, eps, dev)),
+             "eager": (len(xe) / a.iters, lambda k=k: evaluation(k, False))}
+        if cuda:
+            v["captured"] = (len(xe) / a.iters, lambda k=k: evaluation(k, True))
+        jobs[f"eval/{kind}"] = v
     rows = {}
-    for what, (n, fo, fr) in jobs.items():
-        syncs = host_syncs(fo, cuda)  # warm-up (and compilation)
-        fr()
-        to, tr = [], []
-        for _ in range(a.repeats):  # interleaved, so a busy machine slows both alike
-            for f, ts in ((fo, to), (fr, tr)):
+    for what, variants in jobs.items():
+        runs = {name: make() for name, (_, make) in variants.items()}  # built once: a cohort's graph is reused
+        syncs = None
+        for name, f in runs.items():  # warm-up: compilation, cuDNN's choices, the capture
+            n = host_syncs(f, cuda)
+            syncs = n if name in ("eager", "captured") else syncs
+        ts = {name: [] for name in runs}
+        for _ in range(a.repeats):  # interleaved, so a busy machine slows every path alike
+            for name, f in runs.items():
                 sync()
                 t0 = time.perf_counter()
                 f()
                 sync()
-                ts.append(time.perf_counter() - t0)
-        po, pr = n / statistics.median(to), n / statistics.median(tr)
-        tflops = po * flops[arch] * FWD[what] / 1e12
-        r = rows[f"{arch}/{what}"] = {
-            "project_img_s": po, "reference_img_s": pr, "speedup": po / pr, "project_tflops": tflops,
-            "peak_frac": tflops / peak if peak else None, "images": n, "project_s": to, "reference_s": tr,
-            "project_host_syncs": syncs}
-        print(f"{arch + '/' + what:24s} {po:14.1f} {pr:16.1f} {po / pr:7.2f}x {tflops:8.3f} "
-              + (f"{100 * r['peak_frac']:6.2f}%" if peak else "      -")
-              + ("" if syncs is None else f" {syncs:6d}"), flush=True)
+                ts[name].append(time.perf_counter() - t0)
+        rate = {name: variants[name][0] * a.iters / statistics.median(t) for name, t in ts.items()}
+        best = max((n for n in rate if n != "reference"), key=rate.get)
+        tflops = rate[best] * flops[arch] * FWD[what] / 1e12
+        rows[f"{arch}/{what}"] = {"img_s": rate, "seconds": ts, "best": best, "speedup": rate[best] / rate["reference"],
+                                  "tflops": tflops, "peak_frac": tflops / peak if peak else None, "host_syncs": syncs}
+        print(f"{arch + '/' + what:24s}" + "".join(f" {rate.get(n, float('nan')):10.1f}" for n in columns(a))
+              + f" {rate[best] / rate['reference']:7.2f}x {tflops:8.3f} "
+              + (f"{100 * tflops / peak:6.2f}%" if peak else "      -") + ("" if syncs is None else f" {syncs:5d}"),
+              flush=True)
+        del runs
+        if cuda:
+            torch.cuda.empty_cache()
     return rows
 
 
-def estimate(rows, arch, flops, frac12, full_cost):
-    """Hours and FLOPs of `make all` run one job at a time on this device, from the project's measured rates.
+def columns(a):
+    return ["reference", "eager"] + (["captured"] if a.device.startswith("cuda") else []) + [f"cohort{k}" for k in a.cohorts]
 
-    Transfers with unfreeze 1 / 12 back-propagate the training loss through the head / layer3 + head only
-    (fraction frac12 of the forward multiply-adds); their crafting still needs the full input gradient. With
-    full_cost they are counted as unfreeze 56 (an upper bound)."""
-    s = {k: 1 / v["project_img_s"] for k, v in rows.items()}
-    out = {}
 
-    def add(stage, n, seconds, fwd, net=arch):  # n images at `seconds` and `fwd` forward passes each
-        t, f = out.get(stage, (0.0, 0.0))
-        out[stage] = (t + n * seconds, f + n * fwd * flops[net])
+def estimate(rows, arch, seeds=1):
+    """Hours of `make all` on one device from the measured rates, the Makefile's DAG counted from common.GRID and
+    the scripts' defaults. Each job is one process: sources and baselines cohorts of `seeds` models, transfers
+    cohorts of 3 strategies x `seeds` (their members all counted at unfreeze-56 cost: an upper bound). Processes
+    sharing one GPU time-slice it (no gain measured), so one GPU's time is the sum of the jobs'. The DAG's critical
+    path (sources, then transfers, then evaluations, each stage's jobs all at once) is what enough GPUs would take.
+    """
+    def per_image(net, what, k):  # seconds per member-image in a cohort of k (the nearest size measured)
+        r = rows[f"{net}/{what}"]["img_s"]
+        sizes = {1: r.get("captured", r["eager"]), **{int(n[6:]): v for n, v in r.items() if n.startswith("cohort")}}
+        return 1 / sizes[min(sizes, key=lambda s: (abs(s - k), -s))]
 
-    def train(stage, net, adv, runs, k=1.0):  # runs = models x epochs; k = cost of the training passes
-        halves = 1 if adv == "nat" else 2  # the clean and the adversarial half are trained
-        t_craft = s[f"{net}/train/{adv}"] - halves * s[f"{net}/train/nat"]
-        add(stage, runs * N_TRAIN, max(t_craft, 0) + halves * s[f"{net}/train/nat"] * k,
-            FWD[f"train/{adv}"] - 3 * halves * (1 - k), net)
-        val = {"clean": N_VAL} if adv == "nat" else {"clean": N_VAL, adv: N_VAL}  # fit's validation each epoch
-        if adv != "nat":  # and the PGD monitor on 256 training images
-            val["pgd"] = val.get("pgd", 0) + N_MON
-        for kind, n in val.items():
-            add(stage, runs * n, s[f"{net}/eval/{kind}"], FWD[f"eval/{kind}"], net)
+    ep_src = train_source.get_args([]).epochs
+    ep_tl = transfer.get_args(["--src", "nat", "--tgt", "nat", "--unfreeze", "1"]).epochs
+    ev = evaluate.get_args(["--out", "x.eval.json"])
+    n_val = round(0.05 * N_TRAIN_ALL)  # common.load_data's split
+    n_train = N_TRAIN_ALL - n_val
 
-    for adv in c.ADV:
-        train("sources + baselines: 6 x 200 epochs", arch, adv, 2 * 200)
-        for frac in (0.0, frac12, 1.0):  # unfreeze 1, 12, 56; forward + backward through the trainable part
-            train("transfers: 27 x 50 epochs", arch, adv, 3 * 50, 1.0 if full_cost else (1 + 2 * frac) / 3)
-    if "densenet121/train/nat" in s:  # trained, crafts the black-box FGSM + PGD-7 sets, evaluated (no strong/curve)
-        train("densenet121: 200 epochs", "densenet121", "nat", 200)
-        d = lambda kind: s[f"densenet121/eval/{kind}"]
-        add("densenet121: black-box sets + its eval", N_TEST, 2 * (d("fgsm") + d("pgd")) + d("clean"),
-            2 * (FWD["eval/fgsm"] + FWD["eval/pgd"]) + 1, "densenet121")
-    e, n = (lambda kind: s[f"{arch}/eval/{kind}"]), N_EVALS * N_TEST
-    add("eval: clean + WB FGSM + WB PGD-7", n, e("clean") + e("fgsm") + e("pgd"), 1 + 3 + 15)
-    add("eval: 2 black-box sets (CIFAR-10 models)", 2 * N_BB_EVALS * N_TEST, e("clean"), 1)
-    # evaluate.py's later restarts attack only the survivors: every image in every restart is an upper bound
-    add("eval: PGD-50 x 10 restarts (upper bound)", 10 * n, 50 * (e("pgd") - e("clean")) / 7 + e("clean"), 101)
-    add("eval: curve, 6 more eps x PGD-7", 6 * n, e("pgd"), 15)  # 7 eps; 8/256 reuses WB PGD-7
-    t, f = (sum(v[i] for v in out.values()) for i in (0, 1))
-    return {"stages_h": {k: v[0] / 3600 for k, v in out.items()}, "total_h": t / 3600, "total_pflop": f / 1e15,
-            "achieved_tflops": f / t / 1e12}
+    def training(net, adv, epochs, k):  # one job: k members trained together for `epochs`
+        val = per_image(net, "eval/clean", 1) + (per_image(net, f"eval/{adv}", 1) if adv != "nat" else 0)
+        mon = N_MON * per_image(net, "eval/pgd", 1) if adv != "nat" else 0
+        return epochs * k * (n_train * per_image(net, f"train/{adv}", k) + n_val * val + mon)
+
+    stages = {"sources + baselines": [training(arch, adv, ep_src, seeds) for adv in c.GRID["sources"]]
+              + [training(arch, adv, ep_src, seeds) for adv in c.GRID["baselines"]],
+              "transfers": [training(arch, t, ep_tl, len(c.GRID["unfreeze"]) * seeds)
+                            for _, t in c.GRID["transfer cohorts"]]}
+    e = lambda what: per_image(arch, f"eval/{what}", 1)  # noqa: E731
+    n_evals = seeds * (len(c.GRID["sources"]) + len(c.GRID["baselines"])
+                       + len(c.GRID["transfer cohorts"]) * len(c.GRID["unfreeze"]))
+    n_bb = n_evals - seeds * len(c.GRID["sources"])  # CIFAR-10 models classify the black-box sets
+    strong = ev.restarts * (ev.strong_steps * (e("pgd") - e("clean")) / ev.steps + e("clean"))  # every image, bound
+    one_eval = N_TEST * (e("clean") + e("fgsm") + e("pgd") + strong + (len(ev.curve_eps) - 1) * e("pgd"))
+    stages["evaluations"] = [one_eval] * n_evals + [2 * N_TEST * e("clean")] * n_bb
+    if "densenet121/train/nat" in rows:  # trained beside the sources; then crafts the black-box sets
+        ep_bb = train_blackbox.get_args([]).epochs
+        d = lambda what: per_image("densenet121", f"eval/{what}", 1)  # noqa: E731
+        stages["sources + baselines"].append(training("densenet121", "nat", ep_bb, 1))
+        stages["evaluations"].append(N_TEST * (2 * (d("fgsm") + d("pgd")) + d("clean")))
+    return {"stages_h": {k: sum(v) / 3600 for k, v in stages.items()}, "total_h": sum(map(sum, stages.values())) / 3600,
+            "critical_path_h": sum(max(v) for v in stages.values()) / 3600,
+            "jobs": {k: len(v) for k, v in stages.items()}}
 
 
 def cpu_name():
@@ -291,8 +333,9 @@ def cpu_name():
 
 def main(argv=None):
     a = get_args(argv)
-    if a.batch_size < 1 or a.repeats < 1 or a.iters < 1:
-        raise c.UsageError("--batch-size, --repeats and --iters must be positive")
+    if a.batch_size < 1 or a.repeats < 1 or a.iters < 1 or any(k < 2 for k in a.cohorts):
+        raise c.UsageError("--batch-size, --repeats and --iters must be positive, --cohorts sizes at least 2")
+    c.check_writable(a.out)
     dev, cuda = a.device, a.device.startswith("cuda")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -302,36 +345,32 @@ def main(argv=None):
     prov = {**c.provenance(dev), "device_name": name, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     print(f"bench on {name} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"{a.repeats} timings x {a.iters} steps per row, batch {a.batch_size} clean + {a.batch_size} adversarial, "
-          f"{c.eps_str(c.EPS)}")
+          f"{a.repeats} timings x {a.iters} steps per row, batch {a.batch_size} clean + {a.batch_size} adversarial "
+          f"per model, {c.eps_str(c.EPS)}")
     archs = {a.arch: c.ADV, **({"densenet121": ("nat",)} if a.densenet else {})}
-    flops, frac12 = {}, None
+    flops = {}
     for arch in archs:
-        macs, macs12 = fwd_macs(c.build_model(arch, 10, a.growth))
-        flops[arch], frac12 = 2 * macs, frac12 or macs12 / macs
-        print(f"{arch}: {macs / 1e6:.1f} M multiply-adds = {2 * macs / 1e6:.1f} MFLOP per forward pass of one image")
+        flops[arch] = 2 * fwd_macs(c.build_model(arch, 10, a.growth))[0]
+        print(f"{arch}: {flops[arch] / 2e6:.1f} M multiply-adds = {flops[arch] / 1e6:.1f} MFLOP per forward pass")
     n = max(10 * a.batch_size, (500 if cuda else a.batch_size) * a.iters)  # the evaluation set is its head
     x, y = (t.to(dev) for t in c.synthetic("cifar10", True, n))  # CIFAR-10-like uint8 data on the device
-    print(f"\n{'row':24s} {'project img/s':>14s} {'reference img/s':>16s} {'speedup':>8s} {'TFLOP/s':>8s} "
-          f"{'% peak':>7s}" + (" syncs" if cuda else ""), flush=True)
+    print(f"\nimg/s (clean images, all members of a cohort together); speedup: the best project path over the "
+          f"reference; TFLOP/s and % peak of that path" + ("; syncs: host syncs in one step call" if cuda else ""))
+    print(f"{'row':24s}" + "".join(f" {n:>10s}" for n in columns(a)) + f" {'speedup':>8s} {'TFLOP/s':>8s} {'% peak':>7s}"
+          + (" syncs" if cuda else ""), flush=True)
     rows = {}
     for arch, advs in archs.items():
         rows.update(bench_arch(a, arch, advs, x, y, flops, peak))
-    est = {"flop_scaled": estimate(rows, a.arch, flops, frac12, False),
-           "transfers_full_cost": estimate(rows, a.arch, flops, frac12, True)}
-    for e in est.values():
-        e["peak_frac"] = e["achieved_tflops"] / peak if peak else None
-    e, ef = est["flop_scaled"], est["transfers_full_cost"]
-    print(f"\n`make all` on one {name}, one job at a time, from the project's rates (transfers with unfreeze 1 "
-          f"and 12 scaled by their training FLOPs; [counted at full cost]):")
-    for k, h in e["stages_h"].items():
-        print(f"  {k:42s} {h:10.1f} h  [{ef['stages_h'][k]:.1f} h]")
-    print(f"  {'total':42s} {e['total_h']:10.1f} h  [{ef['total_h']:.1f} h] = {e['total_h'] / 24:.1f} days; "
-          f"{e['total_pflop']:.0f} PFLOP at {e['achieved_tflops']:.3f} TFLOP/s"
-          + (f" = {100 * e['peak_frac']:.2f}% of the {peak:g} TFLOP/s peak" if peak else " (no peak known: --peak-tflops)"))
+    est = estimate(rows, a.arch)
+    print(f"\n`make all` on one {name}, from these rates (the Makefile's jobs: sources and baselines one model each, "
+          f"transfers cohorts of 3, members counted at full cost):")
+    for k, h in est["stages_h"].items():
+        print(f"  {k:24s} {est['jobs'][k]:3d} jobs {h:10.2f} h")
+    print(f"  {'total, one device':33s} {est['total_h']:10.2f} h  (jobs sharing a GPU time-slice it: the sum)")
+    print(f"  {'critical path of the DAG':33s} {est['critical_path_h']:10.2f} h  (a GPU per job)")
     prov["loadavg_after"] = os.getloadavg()
-    result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops,
-              "unfreeze12_macs_frac": frac12, "rows": rows, "make_all": est}
+    result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops, "rows": rows,
+              "make_all": est}
     c.atomic_save(result, a.out)
     print(f"wrote {a.out}")
     return result

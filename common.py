@@ -384,14 +384,16 @@ def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False
     return loss.detach(), (out.argmax(1) == y).sum(), correct_adv
 
 
-def eval_step(model, kind=None, eps=EPS, alpha=None, steps=7, random_start=False):
+def eval_step(model, kind=None, eps=EPS, alpha=None, steps=7, random_start=False, capture=None):
     """f(x, y) -> bool tensor: which inputs the model classifies correctly, clean or under a white-box attack
-    with the true labels. Captured per batch size on CUDA (see make_step), eager elsewhere."""
+    with the true labels. Captured per batch size (capture=None: on CUDA; see make_step), else eager."""
     def eager(x, y):
         if kind:
             x = attack(model, x, y, kind, eps, alpha, steps, random_start)
         return predict(model, x) == y
-    if _device_of(model).type != "cuda" or random_start:  # a random start differs on every call: not replayable
+    if capture is None:  # a random start differs on every call: not replayable
+        capture = _device_of(model).type == "cuda" and not random_start
+    if not capture:
         return eager
     graphs = _EVAL_GRAPHS.setdefault(model, {})
 
@@ -522,6 +524,11 @@ def freeze(model, unfreeze):
         for p in m.parameters():
             p.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+# The paper's grid as the Makefile builds it by default; bench.py's estimate counts from here.
+GRID = {"sources": ADV, "baselines": ADV, "transfer cohorts": [(s, t) for s in ADV for t in ADV],
+        "unfreeze": tuple(UNFREEZE)}
 
 
 def set_train_mode(model, freeze_bn=False):

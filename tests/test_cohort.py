@@ -4,6 +4,7 @@ treats a finished output (kept), --force (retrained) and a second run on the sam
 import copy
 import json
 import os
+import subprocess
 
 import pytest
 import torch
@@ -125,3 +126,15 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, tiny, run_script):
     line = check_one_line_error(r)
     assert str(out) in line and f"pid {os.getpid()}" in line
     assert not out.exists() and not os.path.exists(str(out)[:-3] + ".last.pt")
+
+
+def test_makefile_trains_each_cohort_with_one_command():
+    """`make -n` of one transfer cell: its source, then one command for the three strategies (and every seed)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["make", "-n", "PY=python3", "RUN=/nonexistent/run", "SEEDS=0 1",
+                        "/nonexistent/run/transfer/pgd-fgsm-12_s1.pt"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cmds = [line for line in r.stdout.replace("\\\n", " ").splitlines() if "python3" in line]
+    assert len(cmds) == 2 and "train_source.py --dataset cifar100 --adv pgd" in cmds[0]
+    assert "--seed 0 1" in cmds[0] and "{seed}" in cmds[0]
+    assert "transfer.py --src pgd --tgt fgsm --unfreeze 1 12 56" in cmds[1] and "--seed 0 1" in cmds[1]

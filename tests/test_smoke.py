@@ -1,6 +1,7 @@
 """`make smoke`: the whole DAG on synthetic data, end to end, as a newcomer runs it; then a rerun does nothing."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,13 @@ def test_make_smoke_builds_every_stage_and_the_report(tmp_path):
     assert len(rows) == 30 and all(float(r["clean"]) >= 0 for r in rows)
     for f in ("report.md", "table1.md", "claims.md", "fig2.png", "fig3.png", "fig4.png", "fig5.png"):
         assert (rep / f).stat().st_size > 0, f
-    # checkpoints are Make targets: a second run finds everything up to date and trains nothing
+    # each model of a cohort logs its own epochs beside its checkpoint
+    for p in run.rglob("*_s0.pt"):
+        if not p.name.endswith(".last.pt"):
+            assert "epoch   1/" in (p.parent / (p.name[:-3] + ".log")).read_text(), p
+    # checkpoints are Make targets: a second run finds everything up to date and trains nothing, even after the
+    # code changed (code is an order-only prerequisite: editing a comment must not throw away a day of training)
+    for f in ("common.py", "train_source.py", "transfer.py", "evaluate.py", "report.py"):
+        os.utime(ROOT / f)
     again = make("smoke", f"SMOKE_RUN={run}")
     assert again.returncode == 0 and "train_source.py" not in again.stdout and "evaluate.py" not in again.stdout

@@ -80,22 +80,45 @@ def test_resnet56_flops():
 
 
 def test_bench_quick_runs(tmp_path):
+    """bench.py end to end on the CPU, a cohort of 2 included: every row has every path, and the estimate adds up."""
     out = tmp_path / "bench.json"
     cmd = [sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu", "--arch", "resnet8",
-           "--batch-size", "8", "--growth", "4", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+           "--batch-size", "8", "--growth", "4", "--cohorts", "2", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    rows = {f"{arch}/{what}" for arch, whats in (("resnet8", ("train/nat", "train/fgsm", "train/pgd")),
-                                                 ("densenet121", ("train/nat",)))
-            for what in whats + ("eval/clean", "eval/fgsm", "eval/pgd")}
-    assert set(res["rows"]) == rows
-    for row in res["rows"].values():
-        assert row["project_img_s"] > 0 and row["reference_img_s"] > 0
-        assert row["speedup"] == pytest.approx(row["project_img_s"] / row["reference_img_s"])
-    for est in res["make_all"].values():
-        assert est["total_h"] > 0 and est["total_pflop"] > 0
-        assert est["total_h"] == pytest.approx(sum(est["stages_h"].values()))
+    train = {f"resnet8/train/{adv}" for adv in c.ADV} | {"densenet121/train/nat"}
+    evals = {f"{arch}/eval/{k}" for arch in ("resnet8", "densenet121") for k in ("clean", "fgsm", "pgd")}
+    assert set(res["rows"]) == train | evals
+    for name, row in res["rows"].items():
+        assert set(row["img_s"]) == ({"reference", "eager", "cohort2"} if name in train else {"reference", "eager"})
+        assert all(v > 0 for v in row["img_s"].values())
+        assert row["speedup"] == pytest.approx(row["img_s"][row["best"]] / row["img_s"]["reference"])
+    est = res["make_all"]
+    assert est["total_h"] == pytest.approx(sum(est["stages_h"].values()))
+    assert 0 < est["critical_path_h"] < est["total_h"]
+    # the grid's jobs as the Makefile builds them: 3 sources + 3 baselines + the DenseNet, 9 transfer cohorts,
+    # 33 ResNet evaluations + 30 of them on the black-box sets + the crafting
+    assert est["jobs"] == {"sources + baselines": 7, "transfers": 9, "evaluations": 64}
     assert res["provenance"]["torch"] == torch.__version__ and res["peak_tflops"] is None  # no CPU peak
     assert "make all" in r.stdout and "speedup" in r.stdout
+
+
+def test_make_all_estimate_counts_the_dag():
+    """With every rate 1 img/s, the estimate is a count of images: check it against the protocol by hand."""
+    paths = {"reference": 1.0, "eager": 1.0}
+    rows = {f"resnet56/{w}": {"img_s": paths} for w in ("train/nat", "train/fgsm", "train/pgd", "eval/clean",
+                                                        "eval/fgsm", "eval/pgd")}
+    est = bench.estimate(rows, "resnet56")
+    n_train, n_val = 47_500, 2_500
+    adv_epoch = n_train + 2 * n_val + 256  # training images, clean + adversarial validation, the PGD monitor
+    src = 200 * (n_train + n_val) + 2 * 200 * adv_epoch  # nat, fgsm, pgd sources; the baselines the same
+    assert est["stages_h"]["sources + baselines"] * 3600 == pytest.approx(2 * src)
+    tl = 3 * 50 * ((n_train + n_val) + 2 * adv_epoch)  # 3 targets x a cohort of 3
+    assert est["stages_h"]["transfers"] * 3600 == pytest.approx(3 * tl)
+    # one evaluation: clean, FGSM, PGD-7, 10 restarts (PGD-50 costs what PGD-7 does at equal rates: 1 each), 6 more
+    # curve points; 33 of them, and 30 CIFAR-10 models classify the 2 black-box sets
+    one_eval = 10_000 * (3 + 10 + 6)
+    assert est["stages_h"]["evaluations"] * 3600 == pytest.approx(33 * one_eval + 30 * 2 * 10_000)
+    assert est["critical_path_h"] * 3600 == pytest.approx(200 * adv_epoch + 3 * 50 * adv_epoch + one_eval)
