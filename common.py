@@ -827,13 +827,12 @@ def _fit(members, data, dataset, adv, epochs, lr, wd, milestones, batch_size, ep
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
     n_mon = min(256, len(xtr) // 8)
     xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
-    steps_of, t_start, first = {}, time.time(), min(m["start"] for m in todo)
+    step, t_start, first = None, time.time(), min(m["start"] for m in todo)
     for epoch in range(first, epochs):
         act = [m for m in todo if m["start"] <= epoch]
-        key = tuple(id(m) for m in act)  # one step callable (one graph) per set of members training
-        if key not in steps_of:
-            steps_of[key] = make_step([m["model"] for m in act], [m["opt"] for m in act], adv, eps, steps,
-                                      random_start, label_fix)
+        if step is None or len(act) != n_act:  # a member resumed later than the others joins: a new graph
+            step, n_act = make_step([m["model"] for m in act], [m["opt"] for m in act], adv, eps, steps,
+                                    random_start, label_fix), len(act)
         t0, lr_e = time.time(), lr_at(epoch, lr, epochs, milestones)
         gens = []
         for m in act:
@@ -843,7 +842,7 @@ def _fit(members, data, dataset, adv, epochs, lr, wd, milestones, batch_size, ep
             # every epoch reproducible on its own: shuffle, crops, flips and random starts; exact resume
             gens.append(torch.Generator(device).manual_seed(m["args"]["seed"] * 100003 + epoch))
         for bs in zip(*(batches(xtr, ytr, batch_size, g, train=True) for g in gens)):
-            for m, (loss, k, ka), (_, yb) in zip(act, steps_of[key](bs, gens), bs):
+            for m, (loss, k, ka), (_, yb) in zip(act, step(bs, gens), bs):
                 m["tot"] += torch.stack([loss * len(yb), k.float(), ka.float()])
         dt = time.time() - t0
         for m in act:

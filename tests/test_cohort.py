@@ -18,7 +18,7 @@ from test_scripts import TIMING, assert_identical, check_one_line_error, outputs
 def load_run(out):
     f = outputs(out)
     with open(f["json"]) as fj, open(f["jsonl"]) as fl, open(str(out)[:-3] + ".log") as fg:
-        log = [line.split(" | lr")[0].replace(", cohort of 3", "").replace(", cohort of 2", "")
+        log = [line.rstrip().split(" | lr")[0].replace(", cohort of 3", "").replace(", cohort of 2", "")
                for line in fg if not line.startswith("wrote")]
         return {"pt": torch.load(f["pt"]), "last": torch.load(f["last"]), "json": json.load(fj),
                 "rows": [json.loads(r) for r in fl], "log": log}
@@ -138,3 +138,34 @@ def test_makefile_trains_each_cohort_with_one_command():
     assert len(cmds) == 2 and "train_source.py --dataset cifar100 --adv pgd" in cmds[0]
     assert "--seed 0 1" in cmds[0] and "{seed}" in cmds[0]
     assert "transfer.py --src pgd --tgt fgsm --unfreeze 1 12 56" in cmds[1] and "--seed 0 1" in cmds[1]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_cohort_resumes_each_member_where_it_stopped(tmp_path, tiny, monkeypatch):
+    """Seed 0 was cut off after epoch 1; the cohort of seeds 0 and 1 then resumes it and trains seed 1 afresh
+    (the members join at different epochs): each still equals its uninterrupted separate run."""
+    args = ["--dataset", "cifar10", "--adv", "fgsm", "--steps", "1", *tiny(), "--epochs", "3", "--milestones", "0.5"]
+    template = str(tmp_path / "cohort" / "s{seed}.pt")
+    real = c.atomic_save
+
+    def crash_after_epoch_1(obj, path):
+        real(obj, path)
+        if path.endswith(".last.pt") and obj["epoch"] == 1:
+            raise Crash
+
+    monkeypatch.setattr(c, "atomic_save", crash_after_epoch_1)
+    with pytest.raises(Crash):
+        train_source.main([*args, "--seed", "0", "--out", template])
+    monkeypatch.undo()
+    train_source.main([*args, "--seed", "0", "1", "--out", template])
+    for s in (0, 1):
+        train_source.main([*args, "--seed", str(s), "--out", str(tmp_path / "alone" / f"s{s}.pt")])
+        a, b = load_run(tmp_path / "cohort" / f"s{s}.pt"), load_run(tmp_path / "alone" / f"s{s}.pt")
+        if s == 0:  # cut off before its epoch-1 line; then the resumed run appended its own lines
+            assert [x.split(" |")[0] for x in a["log"] if x.startswith(("epoch", "resuming"))] == [
+                f"resuming {tmp_path / 'cohort' / 's0.pt'} after epoch 1/3", "epoch   2/3", "epoch   3/3"]
+            a["log"] = b["log"]
+        assert_same_run(a, b)
