@@ -12,9 +12,13 @@ Beyond the paper (Carlini et al. 2019, "On Evaluating Adversarial Robustness"): 
 50 steps, 10 restarts keeping the per-example worst case; Worst, an example counts only if it survives every
 attack run on it; a robustness curve of PGD-7 accuracy against eps; and sanity checks that flag what a sound
 evaluation never shows (e.g. accuracy rising with eps, the signature of gradient masking).
+
+Long runs print a progress line at most every PROGRESS_S seconds. A finished command (its --out newer than its
+inputs) does nothing when rerun; --force redoes it. Two runs on one --out cannot overlap: the second stops at once.
 """
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -23,6 +27,11 @@ import common as c
 
 CURVE_EPS = [0, 1, 2, 4, 8, 16, 32]  # /256
 TOL = 1.0  # percentage points of slack in the sanity checks
+# A curve is judged "not near zero" only when it reaches 32/256 (4x the paper's eps, 0.125 on [0, 1]): there an
+# L-inf perturbation can paint over any CIFAR image, so a model still right on more than a few percent hides
+# its gradients. A curve stopping earlier (e.g. 16/256) may leave real robustness standing.
+MAX_EPS_CHECK = 32
+PROGRESS_S = 10  # a progress line at most this often, checked after each batch
 
 
 def get_args(argv=None):
@@ -31,6 +40,7 @@ def get_args(argv=None):
     p.add_argument("--blackbox", help="black-box examples file written by --craft-from (CIFAR-10 models)")
     p.add_argument("--craft-from", help="craft the black-box examples from this DenseNet checkpoint into --out")
     p.add_argument("--out", required=True, help="X.eval.json (evaluation) or the examples file (--craft-from)")
+    p.add_argument("--force", action="store_true", help="redo the work even if --out exists (default: nothing to do)")
     p.add_argument("--dataset", choices=list(c.NUM_CLASSES), help="test set (default: the checkpoint's)")
     p.add_argument("--data-dir", default="data", help="torchvision root, a folder of *_test.npz, or 'synthetic'")
     p.add_argument("--limit", type=int, default=None, help="first N test images only (quick runs)")
@@ -54,6 +64,26 @@ def correct(model, x, y):
     return c.predict(model, x) == y
 
 
+class Progress:
+    """Long work shows progress: after a batch, one line if PROGRESS_S seconds have passed since the last (so a
+    line after every batch when batches are slower): the attack, images done / total, elapsed and time left.
+    Time left extrapolates the work done, counted in gradient steps per image (restarts counted in full, so it
+    errs long)."""
+
+    def __init__(self, n, work):
+        self.n, self.work, self.done = n, work, 0
+        self.t0 = self.last = time.time()
+
+    def __call__(self, what, images, work):
+        self.done += work
+        now = time.time()
+        if now - self.last >= PROGRESS_S:
+            self.last = now
+            left = (now - self.t0) * max(0, self.work - self.done) / max(self.done, 1)
+            print(f"  {what}: {images}/{self.n} images | {c._fmt_time(now - self.t0)} elapsed | "
+                  f"about {c._fmt_time(left)} left", flush=True)
+
+
 def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
     """Per-example worst case over `restarts` runs of PGD with random start: an example stays correct only if
     it survives every run. Later restarts attack only the survivors (they cannot change the others)."""
@@ -73,19 +103,18 @@ def sanity_flags(acc, curve=None, tol=TOL):
 
     def flag(check, detail):
         f.append({"check": check, "detail": detail})
-    if curve:
-        e, a = curve["eps_256"], curve["acc"]
-        if 0 in e and abs(a[e.index(0)] - acc["clean"]) > 1e-9:
-            flag("eps0-not-clean", f"PGD at eps 0 gives {a[e.index(0)]:.1f}% but clean is {acc['clean']:.1f}%: "
-                                   f"the evaluation is not deterministic or the attack changes inputs at eps 0")
-        for i in range(1, len(e)):
-            if a[i] > a[i - 1] + tol:
-                flag("rises-with-eps", f"PGD accuracy rises from {a[i - 1]:.1f}% at eps {e[i - 1]}/256 to {a[i]:.1f}% "
-                                       f"at {e[i]}/256: gradient masking, the attack is not finding the worst case")
-                break
-        if a[-1] > 5 + tol:
-            flag("not-zero-at-max-eps", f"{a[-1]:.1f}% still correct under PGD at eps {e[-1]}/256, where every "
-                                        f"image should be breakable: the gradients are uninformative (masking)")
+    e, a = (curve["eps_256"], curve["acc"]) if curve else ([], [])
+    if 0 in e and abs(a[e.index(0)] - acc["clean"]) > 1e-9:
+        flag("eps0-not-clean", f"PGD at eps 0 gives {a[e.index(0)]:.1f}% but clean is {acc['clean']:.1f}%: "
+                               f"the evaluation is not deterministic or the attack changes inputs at eps 0")
+    for i in range(1, len(e)):
+        if a[i] > a[i - 1] + tol:
+            flag("rises-with-eps", f"PGD accuracy rises from {a[i - 1]:.1f}% at eps {e[i - 1]}/256 to {a[i]:.1f}% "
+                                   f"at {e[i]}/256: gradient masking, the attack is not finding the worst case")
+            break
+    if e and e[-1] >= MAX_EPS_CHECK and a[-1] > 5 + tol:
+        flag("not-zero-at-max-eps", f"{a[-1]:.1f}% still correct under PGD at eps {e[-1]}/256, where every "
+                                    f"image should be breakable: the gradients are uninformative (masking)")
     if acc.get("wb_pgd") is not None and acc["wb_pgd"] > acc["wb_fgsm"] + tol:
         flag("pgd-above-fgsm", f"WB-PGD {acc['wb_pgd']:.1f}% > WB-FGSM {acc['wb_fgsm']:.1f}%: the iterative attack "
                                f"is weaker than one step (gradient masking)")
@@ -97,9 +126,12 @@ def sanity_flags(acc, curve=None, tol=TOL):
         if bb is not None and wb is not None and bb + tol < wb:
             flag("bb-below-wb", f"BB-{k.upper()} {bb:.1f}% < WB-{k.upper()} {wb:.1f}%: a transferred attack beats the "
                                 f"white-box one, so the white-box gradients are misleading (masking)")
-    for k in ("wb_fgsm", "wb_pgd", "bb_fgsm", "bb_pgd"):
-        if acc.get(k) is not None and acc[k] > acc["clean"] + tol:
-            flag("adv-above-clean", f"{k} {acc[k]:.1f}% > clean {acc['clean']:.1f}%: label leaking, the model "
+    # any attack, white-box, black-box or a point of the curve, scoring above the clean input
+    attacked = [(k, acc.get(k)) for k in ("wb_fgsm", "wb_pgd", "bb_fgsm", "bb_pgd")] + \
+        [(f"PGD at eps {x}/256", y) for x, y in zip(e, a) if x > 0]
+    for k, v in attacked:
+        if v is not None and v > acc["clean"] + tol:
+            flag("adv-above-clean", f"{k} {v:.1f}% > clean {acc['clean']:.1f}%: label leaking, the model "
                                     f"reads the perturbation")
             break
     return f
@@ -111,19 +143,29 @@ def craft_blackbox(a, device):
     if ck["num_classes"] != 10:
         raise c.UsageError(f"--craft-from {a.craft_from} has {ck['num_classes']} classes; the black-box source is "
                            f"the CIFAR-10 DenseNet121 of train_blackbox.py")
-    model = c.model_from_checkpoint(ck, device)
+    model = c.model_from_checkpoint(ck, device, f"--craft-from {a.craft_from}")
+    if ck["arch"] != "densenet121":  # allowed for ad-hoc studies, but it is not Table 1's black-box source
+        print(f"warning: --craft-from {a.craft_from} is a {ck['arch']}, not the DenseNet121 of the paper's "
+              f"black-box attacks; the BB columns evaluated with these examples are not the paper's", file=sys.stderr,
+              flush=True)
     x, y = load_test("cifar10", a)
     eps = a.eps / 256
-    out = {"dataset": "cifar10", "source": a.craft_from, "eps": eps, "steps": a.steps, "n_test": len(y),
-           "data_dir": a.data_dir, "y": y.cpu(), **c.provenance(device)}
+    out = {"dataset": "cifar10", "source": a.craft_from, "source_arch": ck["arch"], "eps": eps, "steps": a.steps,
+           "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), **c.provenance(device)}
     t0 = time.time()
-    for kind in ("fgsm", "pgd"):
-        adv = [c.attack(model, xb, yb, kind, eps, steps=a.steps).cpu() for xb, yb in c.batches(x, y, a.batch_size)]
-        out["x_" + kind] = torch.cat(adv)
-        pred = torch.cat([c.predict(model, xb.to(device)) for xb in out["x_" + kind].split(a.batch_size)])
-        out["source_acc_" + kind] = 100 * (pred == y).float().mean().item()  # in batches: 10,000 at once is GiBs
-    out["source_acc_clean"] = c.accuracy(model, x, y)
-    c.atomic_save(out, a.out)
+    progress = Progress(len(y), len(y) * (1 + a.steps))
+    with c.output_lock(a.out):
+        for kind, cost in (("fgsm", 1), ("pgd", a.steps)):
+            adv, done = [], 0
+            for xb, yb in c.batches(x, y, a.batch_size):
+                adv.append(c.attack(model, xb, yb, kind, eps, steps=a.steps).cpu())
+                done += len(yb)
+                progress(f"crafting BB-{kind.upper()}", done, len(yb) * cost)
+            out["x_" + kind] = torch.cat(adv)
+            pred = torch.cat([c.predict(model, xb.to(device)) for xb in out["x_" + kind].split(a.batch_size)])
+            out["source_acc_" + kind] = 100 * (pred == y).float().mean().item()  # in batches: 10,000 at once is GiBs
+        out["source_acc_clean"] = c.accuracy(model, x, y)
+        c.atomic_save(out, a.out)
     print(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
           f"{time.time() - t0:.0f}s: source accuracy clean {out['source_acc_clean']:.1f}%, on its own FGSM "
           f"{out['source_acc_fgsm']:.1f}%, PGD {out['source_acc_pgd']:.1f}%; wrote {a.out}")
@@ -137,12 +179,19 @@ def load_test(dataset, a):
     return x.to(dev), y.to(dev)
 
 
-def role_of(ck):
-    if ck["arch"].startswith("densenet"):
-        return "blackbox"
-    if "src" in ck:
-        return "transfer"
-    return "source" if ck["num_classes"] == 100 else "baseline"
+ROLES = ("source", "baseline", "transfer", "blackbox")
+TRAIN_ARGS = ("epochs", "batch_size", "lr", "wd", "milestones", "eps", "steps", "random_start", "label_fix", "limit",
+              "seed", "data_dir", "freeze_bn")
+
+
+def training_record(ck):
+    """What the report needs of the training, copied from the checkpoint (the training wrote it): the schedule
+    and data actually used, the kept epoch and its validation row, the collapse verdict, the per-epoch rows."""
+    args = ck.get("args") or {}
+    return {"arch": ck["arch"], "growth": ck.get("growth"), **{k: args.get(k) for k in TRAIN_ARGS},
+            "n_train": ck.get("n_train"), "n_val": ck.get("n_val"), "init": ck.get("init"),
+            "epoch": ck.get("epoch"), "val": ck.get("metrics"), "collapse": ck.get("collapse"),
+            "rows": ck.get("rows") or [], "provenance": ck.get("provenance")}
 
 
 def main(argv=None):
@@ -154,34 +203,57 @@ def main(argv=None):
             import torchattacks  # noqa: F401
         except ImportError:
             raise c.UsageError("--autoattack needs the optional package torchattacks: pip install torchattacks")
+    if a.craft_from and a.out.endswith(".json"):  # the examples are tensors: atomic_save would fail to write JSON
+        raise c.UsageError(f"--craft-from writes a tensor file: give --out FILE.pt, not {a.out!r}")
+    if not a.craft_from and (not a.ckpt or not a.out.endswith(".json")):
+        raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
+    inputs = [p for p in (a.ckpt, a.blackbox, a.craft_from) if p and os.path.exists(p)]
+    if os.path.exists(a.out) and not a.force and all(os.path.getmtime(a.out) >= os.path.getmtime(p) for p in inputs):
+        # a rerun of a finished command: nothing to redo (a retrained checkpoint is newer: it is redone)
+        print(f"{a.out} exists, newer than its inputs: nothing to do (--force redoes it)")
+        return
+    c.check_writable(a.out)  # before any work: a result that cannot be saved is lost
     device = c.pick_device(a.device)
     torch.manual_seed(a.seed)
     if a.craft_from:
-        if a.out.endswith(".json"):  # the examples are tensors: atomic_save would try (and fail) to write JSON
-            raise c.UsageError(f"--craft-from writes a tensor file: give --out FILE.pt, not {a.out!r}")
         return craft_blackbox(a, device)
-    if not a.ckpt or not a.out.endswith(".json"):
-        raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
     ck = c.load_checkpoint(a.ckpt)
+    role = ck.get("role")
+    if role not in ROLES:
+        raise c.UsageError(f"{a.ckpt} records no role (source, baseline, transfer or blackbox): it was written by an "
+                           f"older version of the training scripts; retrain it")
     dataset = a.dataset or ck.get("dataset") or ("cifar100" if ck["num_classes"] == 100 else "cifar10")
     if c.NUM_CLASSES[dataset] != ck["num_classes"]:
         raise c.UsageError(f"{a.ckpt} has {ck['num_classes']} classes but the {dataset} test set has "
                            f"{c.NUM_CLASSES[dataset]}; evaluate it on {'cifar100' if ck['num_classes'] == 100 else 'cifar10'}")
-    model = c.model_from_checkpoint(ck, device)
+    model = c.model_from_checkpoint(ck, device, a.ckpt)
     x, y = load_test(dataset, a)
     bb = None
-    if a.blackbox and dataset == "cifar10" and role_of(ck) != "blackbox":
+    if a.blackbox and dataset == "cifar10" and role != "blackbox":
         bb = load_blackbox(a.blackbox, y, a, x)
-    eps, t0 = a.eps / 256, time.time()
-    print(f"evaluating {a.ckpt} on {len(y)} {dataset} test images, {c.eps_str(eps)}", flush=True)
+    with c.output_lock(a.out):
+        evaluate(a, ck, model, x, y, bb, dataset, device)
+
+
+def evaluate(a, ck, model, x, y, bb, dataset, device):
+    eps, t0, n = a.eps / 256, time.time(), len(y)
+    print(f"evaluating {a.ckpt} on {n} {dataset} test images, {c.eps_str(eps)}", flush=True)
+    eps_list = sorted(int(e) if e == int(e) else e for e in a.curve_eps) if a.curve else []
+    strong_cost = a.strong_steps * a.restarts if a.strong else 0
+    progress = Progress(n, n * (2 + a.steps + strong_cost + a.steps * sum(e != a.eps for e in eps_list)))
     ok = {"clean": [], "wb_fgsm": [], "wb_pgd": [], "wb_strong": [], "bb_fgsm": [], "bb_pgd": []}
+    done = 0
     for i, (xb, yb) in enumerate(c.batches(x, y, a.batch_size)):
+        done += len(yb)
         ok["clean"].append(correct(model, xb, yb))
         ok["wb_fgsm"].append(correct(model, c.fgsm(model, xb, yb, eps), yb))
+        progress("WB-FGSM", done, 2 * len(yb))
         ok["wb_pgd"].append(correct(model, c.pgd(model, xb, yb, eps, eps / 4, a.steps), yb))
+        progress(f"WB-PGD-{a.steps}", done, a.steps * len(yb))
         if a.strong:
             ok["wb_strong"].append(pgd_restarts(model, xb, yb, eps, 2.5 * eps / a.strong_steps, a.strong_steps,
                                                 a.restarts))
+            progress(f"WB-strong ({a.restarts} restarts)", done, strong_cost * len(yb))
         if bb is not None:
             sl = slice(i * a.batch_size, i * a.batch_size + len(yb))
             for k in ("fgsm", "pgd"):
@@ -194,29 +266,36 @@ def main(argv=None):
     acc = {k: 100 * v.sum().item() / len(v) for k, v in ok.items()}  # as common.accuracy: exact ties
     curve = None
     if a.curve:
-        # the point at the evaluation's own eps is WB-PGD itself (the same deterministic attack): reuse it
-        eps_list = sorted(int(e) if e == int(e) else e for e in a.curve_eps)
-        curve = {"eps_256": eps_list, "acc": [acc["wb_pgd"] if e == a.eps else
-                                              c.accuracy(model, x, y, a.batch_size, "pgd", e / 256, a.steps)
-                                              for e in eps_list]}
+        curve = {"eps_256": eps_list, "acc": []}
+        for e in eps_list:
+            if e == a.eps:  # the point at the evaluation's own eps is WB-PGD itself (the same deterministic attack)
+                curve["acc"].append(acc["wb_pgd"])
+                continue
+            right, done = 0, 0
+            for xb, yb in c.batches(x, y, a.batch_size):
+                right += correct(model, c.pgd(model, xb, yb, e / 256, e / 256 / 4, a.steps), yb).sum().item()
+                done += len(yb)
+                progress(f"curve, PGD-{a.steps} at eps {e:g}/256", done, a.steps * len(yb))
+            curve["acc"].append(100 * right / max(1, n))
     flags = sanity_flags(acc, curve)
-    args = ck.get("args", {})
-    res = {"ckpt": a.ckpt, "role": role_of(ck), "dataset": dataset, "arch": ck["arch"], "adv": args.get("adv"),
-           "src": ck.get("src"), "tgt": args.get("adv") if "src" in ck else None, "unfreeze": ck.get("unfreeze"),
-           "seed": args.get("seed"), "n_test": len(y), "eps": eps, "eps_256": a.eps, "eps_paper_scale": 2 * eps,
+    args = ck.get("args") or {}
+    res = {"ckpt": a.ckpt, "role": ck["role"], "dataset": dataset, "arch": ck["arch"], "adv": ck.get("adv"),
+           "src": ck.get("src"), "tgt": ck.get("tgt", ck.get("adv") if ck["role"] == "transfer" else None),
+           "unfreeze": ck.get("unfreeze"), "seed": args.get("seed"), "n_test": n, "data_dir": a.data_dir,
+           "eps": eps, "eps_256": a.eps,
+           "eps_paper_scale": 2 * eps,
            "attacks": {"fgsm": {"labels": "true"},
                        "pgd": {"steps": a.steps, "alpha": eps / 4, "random_start": False},
                        **({"strong": {"steps": a.strong_steps, "alpha": 2.5 * eps / a.strong_steps,
                                       "restarts": a.restarts, "random_start": True}} if a.strong else {}),
-                       **({"blackbox": {"file": a.blackbox, "source": bb["source"], "steps": bb["steps"]}}
-                          if bb is not None else {})},
-           "acc": acc, "curve": curve, "flags": flags, "train": {"epoch": ck.get("epoch"), "val": ck.get("metrics")},
+                       **({"blackbox": {"file": a.blackbox, "source": bb["source"], "steps": bb["steps"],
+                                        "source_arch": bb.get("source_arch")}} if bb is not None else {})},
+           "acc": acc, "curve": curve, "flags": flags, "train": training_record(ck),
            "eval_seed": a.seed, "wall_s": time.time() - t0, **c.provenance(device)}
     c.atomic_save(res, a.out)
     cols = "  ".join(f"{k} {v:.1f}%" for k, v in acc.items())
     print(f"{cols}  ({time.time() - t0:.0f}s)" + "".join(f"\n  FLAG {f['check']}: {f['detail']}" for f in flags))
     print(f"wrote {a.out}")
-
 
 def load_blackbox(path, y, a, x=None):
     if not os.path.exists(path):

@@ -4,10 +4,12 @@ evaluations of Davchev et al. 2019, "Towards Evaluating and Understanding Robust
 
     python report.py --run runs/paper                 # writes runs/paper/report/
 
-Reads every *.eval.json under --run (evaluate.py writes X.eval.json beside checkpoint X.pt) and the training log
-X.jsonl beside each adversarially trained checkpoint (catastrophic-overfitting check). The report is built in a
-temporary folder and swapped in whole: a failure never leaves half a report, and bad input leaves an old one as it
-was. Several evaluations of one model with different seeds are shown as mean ± sample std over n.
+Reads only the *.eval.json files under --run (evaluate.py writes X.eval.json beside checkpoint X.pt and copies
+into it what the report needs of the training: settings, kept epoch, per-epoch rows, the collapse verdict). The
+report is built in a temporary folder and swapped in whole: a failure never leaves half a report, and bad input
+leaves an old one as it was. Several evaluations of one model with different seeds are shown as mean ± sample std
+over n. The settings each run recorded are compared with the paper's protocol (PROTOCOL.md): every departure is
+listed with the rows it affects, and a run that departs carries a banner saying it is not a reproduction.
 """
 import argparse
 import csv
@@ -25,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import UsageError, eps_str, run_main  # noqa: E402
+from common import UsageError, check_writable, eps_str, output_lock, run_main  # noqa: E402
 
 ADV, UNF = ("nat", "fgsm", "pgd"), (1, 12, 56)
 COLS = ("clean", "bb_fgsm", "bb_pgd", "wb_fgsm", "wb_pgd")  # Table 1's order
@@ -33,7 +35,9 @@ EXTRA = ("wb_strong", "autoattack", "worst")  # evaluate.py's stronger evaluatio
 HEAD = {"clean": "Clean", "bb_fgsm": "BB-FGSM", "bb_pgd": "BB-PGD", "wb_fgsm": "WB-FGSM", "wb_pgd": "WB-PGD",
         "wb_strong": "WB-strong", "autoattack": "AutoAttack", "worst": "Worst"}
 MISSING = "–"
-COLLAPSE = 0.3  # train-batch PGD accuracy below 30% of its best so far (best at least 10%) = collapse
+COLLAPSE_RULE = ("catastrophic overfitting (Wong et al. 2020), judged by the training itself: the PGD accuracy of a "
+                 "fixed training batch, measured every epoch, falling below 0.3 x its best so far once that best is "
+                 "at least 10%")
 CMAP = "viridis"
 COLOUR = {"nat": "tab:blue", "fgsm": "tab:orange", "pgd": "tab:green"}  # curves: by source
 
@@ -63,15 +67,103 @@ ROWS = TABLE1 + [tkey(s, t, u) for s, t in (("fgsm", "pgd"), ("pgd", "fgsm")) fo
 SRC_COLS = ("clean", "wb_fgsm", "wb_pgd")  # CIFAR-100 sources, on the CIFAR-100 test set (authors' result files)
 PAPER_SRC = {"nat": (68.7, None, None), "fgsm": (62.2, 42.7, 3.5), "pgd": (55.3, 22.0, 18.1)}
 PAPER_DENSENET = 93.2
-DEPARTURES = [
+DESIGN = [  # choices of this implementation that hold for every run (PROTOCOL.md, "Paper and code")
     "Inputs are [0, 1] floats and each model maps them to [-1, 1] as its first operation (the paper rescales the "
     "data): eps 8/256 here is the paper's 0.0625.",
     "'12 layers' unfreezes all of layer3 (9 blocks, 18 convs) plus the head, as the authors' code did; the paper "
     "calls it 'the last block'.",
-    "Batch: B = 100 clean + 100 adversarial images per step as the paper states (the authors' job files used 128).",
-    "Checkpoints are selected on a 2,500-image validation split of the training set (the authors' code), never on "
-    "the test set; schedules, optimiser and epochs follow the authors' job files (the paper gives none).",
+    "Checkpoints are selected on a validation split of the training set (the authors' code), never on the test "
+    "set; schedules, optimiser and epochs follow the authors' job files (the paper gives none).",
 ]
+
+
+def protocol(e):
+    """{setting: the paper protocol's value} for what this evaluation's run recorded (PROTOCOL.md)."""
+    role, adv = e["role"], (e.get("tgt") if e["role"] == "transfer" else e.get("adv")) or "nat"
+    want = {"arch": "densenet121" if role == "blackbox" else "resnet56", "epochs": 50 if role == "transfer" else 200,
+            "batch_size": 100, "n_train": 47_500, "n_val": 2_500, "lr": 0.1,
+            "wd": 1e-5 if role in ("source", "baseline") and adv != "nat" else 5e-5,
+            "milestones": [0.4, 0.8] if role == "transfer" else [0.5, 0.75], "data_dir": "CIFAR",
+            "n_test": 10_000, "eval_eps": 8, "eval_steps": 7}
+    if adv != "nat":
+        want["eps"] = 8
+    if adv == "pgd":
+        want.update(steps=7, random_start=False)
+    if adv == "fgsm":
+        want["label_fix"] = True
+    if role == "transfer":
+        want["freeze_bn"] = False
+    if role == "blackbox":
+        want["growth"] = 12
+    if (e.get("attacks") or {}).get("blackbox"):
+        want["bb_source"] = "densenet121"
+    return want
+
+
+SETTING = {"arch": "architecture", "epochs": "epochs", "batch_size": "batch (clean images per step)",
+           "n_train": "training images", "n_val": "validation images", "lr": "learning rate", "wd": "weight decay",
+           "milestones": "lr milestones (fractions of the epochs)", "data_dir": "data", "n_test": "test images",
+           "eval_eps": "evaluation eps (/256)", "eval_steps": "evaluation PGD steps", "eps": "training eps (/256)",
+           "steps": "training PGD steps", "random_start": "training PGD random start",
+           "label_fix": "FGSM label-leaking fix", "freeze_bn": "frozen BatchNorm", "bb_source": "black-box source",
+           "growth": "DenseNet growth rate", "train": "training record"}
+
+
+def recorded(e):
+    """{setting: what this run recorded}, the same keys as protocol(e)."""
+    t, pgd = e.get("train") or {}, (e.get("attacks") or {}).get("pgd") or {}
+    have = {k: t.get(k) for k in ("arch", "epochs", "batch_size", "n_train", "n_val", "lr", "wd", "milestones", "eps",
+                                  "steps", "random_start", "label_fix", "freeze_bn", "growth")}
+    data = t.get("data_dir") or e.get("data_dir")
+    have.update(data_dir="synthetic" if data == "synthetic" else "CIFAR", n_test=e.get("n_test"),
+                eval_eps=e.get("eps_256"), eval_steps=pgd.get("steps"),
+                bb_source=((e.get("attacks") or {}).get("blackbox") or {}).get("source_arch"))
+    return have
+
+
+def departures(evals):
+    """{(setting, recorded, paper): [row labels]} for every recorded setting that differs from the protocol's.
+    A setting a run did not record is not judged, except a missing training record as a whole."""
+    out = {}
+    for e in sorted(evals, key=order):
+        want, have = protocol(e), recorded(e)
+        diffs = [("train", "not recorded", "recorded")] if not e.get("train") else []
+        for k, v in want.items():
+            h = have.get(k)
+            if h is not None and not (h == v or isinstance(v, float) and isinstance(h, (int, float))
+                                      and math.isclose(h, v)):
+                diffs.append((k, show_setting(h), show_setting(v)))
+        for d in diffs:
+            out.setdefault(d, [])
+            if label(e) not in out[d]:
+                out[d].append(label(e))
+    return out
+
+
+def show_setting(v):
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, list):
+        return "/".join(f"{x:g}" for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def banner(deps):
+    """One line for the top of report.md and table1.md when any run departs from the paper's protocol."""
+    if not deps:
+        return ""
+    vals = {}
+    for k, h, p in deps:
+        vals.setdefault(k, ([], []))
+        vals[k][0].append(h)
+        vals[k][1].append(p)
+    what = "; ".join("no training record" if k == "train" else
+                     f"{SETTING[k]} {', '.join(dict.fromkeys(h))} (paper {', '.join(dict.fromkeys(p))})"
+                     for k, (h, p) in vals.items())
+    return (f"> **Not the paper's protocol**: {what}. These numbers do not reproduce the paper; the departures and "
+            f"the rows they affect are listed under \"Departures from the paper\".\n")
 
 
 def name(key, tex=False):
@@ -84,6 +176,12 @@ def name(key, tex=False):
 
 def label(e):  # any evaluated model, for messages
     return {"c10": name(e["_key"]), "src": f"CIFAR-100 source {e['_key']}", "bb": "DenseNet121"}[e["_table"]]
+
+
+def order(e):  # Table 1's rows, then the CIFAR-100 sources, then the DenseNet; seeds in order
+    return ({"c10": 0, "src": 1, "bb": 2}[e["_table"]],
+            ROWS.index(e["_key"]) if e["_table"] == "c10" else ADV.index(e["_key"]) if e["_table"] == "src" else 0,
+            e["seed"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,41 +240,12 @@ def check(e, p):
     if not isinstance(e.get("attacks") or {}, dict) or not all(isinstance(v, (int, float)) for v in list(
             cv.get("eps_256") or []) + [y for y in cv.get("acc") or [] if y is not None]):
         raise bad("'attacks' must be an object and 'curve' hold numbers")
+    t = e.get("train")
+    if t is not None and (not isinstance(t, dict) or not isinstance(t.get("rows") or [], list)
+                          or not all(isinstance(r, dict) for r in t.get("rows") or [])):
+        raise bad("'train' must be an object with a list of per-epoch rows")
     e["flags"], e["seed"], e["_path"] = flags, e.get("seed") or 0, p
     return e
-
-
-def collapse(e):
-    """Catastrophic overfitting (Wong et al. 2020): common.fit logs each epoch the PGD accuracy of a fixed training
-    batch (train_batch_pgd); FGSM training can send it to ~0 while FGSM accuracy stays high. Rule: flag the first
-    epoch where it falls below COLLAPSE x its best so far, once that best is at least 10% (below, the 256-image
-    monitor is noise). Returns (log found, sentence or None)."""
-    cands = [e["_path"][:-len(".eval.json")] + ".jsonl"] + \
-        ([e["ckpt"][:-3] + ".jsonl"] if str(e.get("ckpt", "")).endswith(".pt") else [])
-    log = next((p for p in cands if os.path.isfile(p)), None)
-    if log is None:
-        return False, None
-    rows = []
-    try:
-        with open(log) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                    rows.append((r.get("epoch"), float(r["train_batch_pgd"])))
-                except (ValueError, TypeError, KeyError, AttributeError):
-                    continue  # a line without the monitor (a natural run) or cut short
-    except OSError:
-        return False, None
-    best, best_ep = -1.0, None
-    for ep, v in rows:
-        if v > best:
-            best, best_ep = v, ep
-        elif best >= 10 and v < COLLAPSE * best:
-            kept = e["train"].get("epoch") if isinstance(e.get("train"), dict) else None
-            return True, (f"train-batch PGD accuracy fell to {v:.1f}% at epoch {ep} from {best:.1f}% at epoch "
-                          f"{best_ep} (last epoch {rows[-1][1]:.1f}%" + (f"; kept checkpoint: epoch {kept})" if kept
-                                                                       else ")"))
-    return True, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,12 +254,14 @@ def collapse(e):
 def stat(es, col):
     """(mean, sample std, n, se) over the seeds that have this column, or None. se is the binomial standard error
     of an accuracy measured on the fewest test images among them (points): the test set's own sampling noise,
-    which seeds do not show since every seed meets the same images."""
+    which seeds do not show since every seed meets the same images. Agresti-Coull's (two successes and two
+    failures added): 0 of 50 right is not a certain 0%, and a plain sqrt(p(1-p)/N) would call it exact."""
     v = [e["acc"][col] for e in es if e["acc"].get(col) is not None]
     if not v:
         return None
     m, n_test = statistics.mean(v), min(e.get("n_test") or 10_000 for e in es)
-    return m, statistics.stdev(v) if len(v) > 1 else 0.0, len(v), 100 * math.sqrt(m / 100 * (1 - m / 100) / n_test)
+    p = (m / 100 * n_test + 2) / (n_test + 4)
+    return m, statistics.stdev(v) if len(v) > 1 else 0.0, len(v), 100 * math.sqrt(p * (1 - p) / (n_test + 4))
 
 
 def fmt(s, paper=None, nrow=1):
@@ -203,6 +274,25 @@ def fmt(s, paper=None, nrow=1):
 def md_table(head, rows):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+
+
+def what_ran(g):
+    """Per model that ran, what its runs recorded (several seeds: their distinct values)."""
+    def vals(es, get):
+        v = [get(e) for e in es]
+        return ", ".join(dict.fromkeys(show_setting(x) for x in v if x is not None)) or MISSING
+
+    def tr(field):
+        return lambda e: (e.get("train") or {}).get(field)
+    rows = []
+    for tk in [("c10", k) for k in ROWS] + [("src", k) for k in ADV] + [("bb", "densenet")]:
+        es = g.get(tk)
+        if es:
+            rows.append([f"`{label(es[0])}`"] + [vals(es, tr(f)) for f in ("arch", "epochs", "epoch", "n_train",
+                                                                          "n_val", "batch_size")]
+                        + [vals(es, lambda e: e.get("n_test")), ", ".join(str(e["seed"]) for e in es)])
+    return md_table(["Network", "arch", "epochs", "kept epoch", "training images", "validation images", "batch",
+                     "test images", "seeds"], rows) if rows else "no evaluations\n"
 
 
 def tables(g, flags, extra):
@@ -228,21 +318,25 @@ def tables(g, flags, extra):
                    + [", ".join(flags.get(("src", k), []))])
     dn = g.get(("bb", "densenet"), [])
     text = ("# Table 1: CIFAR-10 test accuracy (%)\n\nEach cell: reproduced (mean ± sample std over the n seeds "
-            f"when n > 1) (the paper's value, reproduced − paper); {MISSING} = not run. The last 6 rows are transfers "
+            "when n > 1: in the tables ± is always the seed spread) (the paper's value, reproduced − paper); "
+            f"{MISSING} = not run. The last 6 rows are transfers "
             "the paper did not show.\n\n"
             + md_table(["Network", "n"] + [HEAD[c] for c in COLS + extra] + ["flags"], md)
             + "\n## CIFAR-100 sources (CIFAR-100 test set; paper: the authors' result files)\n\n"
             + md_table(["Source", "n"] + [HEAD[c] for c in SRC_COLS] + ["flags"], src)
             + f"\nDenseNet121 (black-box source), CIFAR-10 clean: {fmt(stat(dn, 'clean'), PAPER_DENSENET, len(dn))}"
-            + (f" (n={len(dn)})" if len(dn) > 1 else "") + "\n")
+            + (f" (n={len(dn)})" if len(dn) > 1 else "") + "\n"
+            + "\n## What ran\n\nAs each run recorded it (the paper: ResNet56; 200 epochs for sources, baselines and "
+              "the DenseNet121, 50 for transfers; 47,500 training and 2,500 validation images; batch 100; 10,000 test "
+              "images).\n\n" + what_ran(g))
     return text, rows
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Claims (PROTOCOL.md, "The paper's claims"). A comparison is (text, lhs, rhs, margin), each side a list of
-# (weight, row, column) terms. It holds when lhs - rhs > margin + spread, the spread being the weighted sum of the
-# terms' uncertainties: each sqrt(seed std^2 + binomial se^2), so that neither seed noise nor the finite test set
-# can make a claim hold.
+# (weight, row, column) terms. With d = lhs - rhs - margin and u the weighted sum of the terms' uncertainties (each
+# sqrt(seed std^2 + binomial se^2)): d > u holds, d < -u contradicts, anything between is inconclusive, so that
+# neither seed noise nor the finite test set can decide a claim either way.
 
 def _mean3(fmt_key, col):
     return [(1 / 3, fmt_key.format(u), col) for u in UNF]
@@ -266,17 +360,22 @@ CLAIMS = [
       for u in UNF for c in ("wb_fgsm", "wb_pgd")]),
 ]
 CLAIMS_RULE = (
-    "Rule: a comparison holds when the difference exceeds its margin plus the spread, the sum of the uncertainties "
-    "of the numbers compared (weighted as they enter); each uncertainty is sqrt(std^2 + se^2), std the sample "
-    "std over seeds (0 with one seed) and se the binomial standard error of an accuracy on the number of test "
-    "images (sqrt(p(1-p)/N)): a claim holds only beyond the seed spread and the test set's sampling noise. A "
-    "claim holds when all its comparisons hold, and is 'not run' when a model it needs is missing. Claim 2 "
-    "averages the three strategies (the spread of the average: the mean of the uncertainties). The paper's own "
-    "numbers go through the same rule (with no uncertainty), as a check of the rule.")
+    "Rule: each number compared carries an uncertainty u = sqrt(std^2 + se^2), std the sample std over seeds (0 "
+    "with one seed) and se the binomial standard error of an accuracy on the number of test images N "
+    "(Agresti-Coull: sqrt(q(1-q)/(N+4)) with q = (pN+2)/(N+4), never 0 even at 0% or 100%); **here ± is that u**, not the seed spread of the tables. A comparison's spread is the sum of "
+    "the u of its numbers (weighted as they enter). A comparison **holds** when the difference beats its margin by "
+    "more than the spread, is **contradicted** when it misses the margin by more than the spread, and is "
+    "**inconclusive** in between: the seeds and test images run cannot tell. A claim holds when all its "
+    "comparisons hold, is contradicted when any is, and is otherwise inconclusive; it is 'not run' when a model it "
+    "needs is missing. Claim 2 averages the three strategies (the spread of the average: the mean of the "
+    "uncertainties). The paper's own numbers go through the same rule (with no uncertainty), as a check of the "
+    "rule.")
+VERDICT = {True: "holds", False: "contradicted", None: "inconclusive"}
 
 
 def verdict(tests, get):
-    """('holds' | 'does not hold' | 'not run (missing ...)', [(lhs, rhs, ok)]), sides as (value, spread) or None."""
+    """('holds' | 'contradicted' | 'inconclusive' | 'not run (missing ...)', [(lhs, rhs, ok)]): sides as (value,
+    uncertainty) or None; ok True (holds), False (contradicted), None (inconclusive), or MISSING."""
     out, missing = [], []
     for _, *sides, margin in tests:
         lr = []
@@ -287,10 +386,15 @@ def verdict(tests, get):
                                                  sum(abs(w) * math.hypot(v[1], v[3]) for (w, _, _), v in
                                                      zip(terms, vals))))
         l, r = lr
-        out.append((l, r, None if None in lr else l[0] - r[0] > margin + l[1] + r[1]))
+        if None in lr:
+            out.append((l, r, MISSING))
+            continue
+        d, u = l[0] - r[0] - margin, l[1] + r[1]
+        out.append((l, r, True if d > u else False if d < -u else None))
     if missing:
         return f"not run (missing: {', '.join(dict.fromkeys(missing))})", out
-    return ("holds" if all(ok for *_, ok in out) else "does not hold"), out
+    oks = [ok for *_, ok in out]
+    return VERDICT[True if all(ok is True for ok in oks) else False if False in oks else None], out
 
 
 def claims_md(get):
@@ -304,10 +408,9 @@ def claims_md(get):
     for i, (claim, tests) in enumerate(CLAIMS, 1):
         (v, res), (pv, pres) = verdict(tests, get), verdict(tests, paper)
         summary.append((i, claim, v))
-        rows = [[t[0], f"{show(pl)} vs {show(pr)}", f"{show(l)} vs {show(r)}", {None: MISSING, True: "yes",
-                                                                                 False: "no"}[ok]]
+        rows = [[t[0], f"{show(pl)} vs {show(pr)}", f"{show(l)} vs {show(r)}", VERDICT.get(ok, MISSING)]
                 for t, (pl, pr, _), (l, r, ok) in zip(tests, pres, res)]
-        text += [f"## Claim {i}: {claim}\n", md_table(["comparison", "paper", "reproduced", "holds"], rows),
+        text += [f"## Claim {i}: {claim}\n", md_table(["comparison", "paper", "reproduced (± u)", "verdict"], rows),
                  f"**Verdict: {v}** (the paper's numbers: {pv})\n"]
     text.append("Claim 6 of PROTOCOL.md (the heatmaps) is the figures themselves: fig2.png - fig5.png.\n")
     return "\n".join(text), summary
@@ -410,20 +513,63 @@ def curves(path, title, keys, g, ref=None):
 # The report
 
 def sanity(evals):
-    """[(eval, check, detail)]: the evaluations' own flags, the eps scales, collapse in the training logs; and the
-    adversarially trained models whose log was not found."""
-    out, nolog = [], []
+    """[(eval, check, detail)]: the evaluations' own flags, the eps scales and the collapse verdict the training
+    recorded; and the adversarially trained models that recorded none."""
+    out, unchecked = [], []
     for e in evals:
         found = [(str(f["check"]), str(f.get("detail", ""))) for f in e["flags"]]
         eps, eps2 = e.get("eps"), e.get("eps_paper_scale")
         if isinstance(eps, (int, float)) and isinstance(eps2, (int, float)) and abs(eps2 - 2 * eps) > 1e-9:
             found.append(("eps-scale", f"eps {eps} on [0,1] but eps_paper_scale {eps2}, not twice it"))
+        t = e.get("train") or {}
         if e.get("adv") in ADV[1:] or e.get("tgt") in ADV[1:]:
-            has_log, msg = collapse(e)
-            nolog += [] if has_log else [f"{label(e)} seed {e['seed']}"]
-            found += [("pgd-collapse", msg)] if msg else []
+            if "collapse" not in t:
+                unchecked.append(f"{label(e)} seed {e['seed']}")
+            elif t["collapse"]:
+                found.append(("pgd-collapse", str(t["collapse"])))
         out += [(e, c, d) for c, d in found]
-    return out, nolog
+    return out, unchecked
+
+
+def training_curves(path, g):
+    """Per model, from the per-epoch rows the training recorded: validation clean accuracy (solid), validation
+    accuracy under the training attack (dashed), the train-batch PGD monitor (dotted), the kept epoch (a dot).
+    One panel per row group. False, and nothing written, when no model recorded rows."""
+    groups = [("CIFAR-100 sources", [("src", k) for k in ADV]), ("Baselines (no transfer)", [("c10", k) for k in ADV])]
+    groups += [(f"Transfers with {t} target training", [("c10", tkey(s, t, u)) for s in ADV for u in UNF])
+               for t in ADV]
+    groups += [("DenseNet121 (black-box source)", [("bb", "densenet")])]
+    panels = [(title, [e for k in keys for e in g.get(k, []) if (e.get("train") or {}).get("rows")])
+              for title, keys in groups]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return False
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(5.2 * cols, 3.6 * rows), layout="constrained")
+    for ax, (title, es) in zip(axes.flat, panels):
+        for j, e in enumerate(es):
+            t, colour = e["train"], f"C{j % 10}"
+            who = label(e).replace("CIFAR-100 source ", "") + (f" s{e['seed']}" if e["seed"] else "")
+            for field, ls in (("val_clean", "-"), ("val_adv", "--"), ("train_batch_pgd", ":")):
+                pts = [(r["epoch"], r[field]) for r in t["rows"] if isinstance(r.get(field), (int, float))
+                       and isinstance(r.get("epoch"), (int, float))]
+                if pts:
+                    ax.plot(*zip(*pts), color=colour, ls=ls, lw=1.2, label=who if ls == "-" else None)
+            kept = next((r for r in t["rows"] if r.get("epoch") == t.get("epoch")), None)
+            if kept and isinstance(kept.get("val_clean"), (int, float)):
+                ax.plot(kept["epoch"], kept["val_clean"], "o", color=colour, ms=4)
+        ax.set(title=title, xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Training: validation clean (solid), validation under the training attack (dashed), "
+                 "train-batch PGD (dotted); dot = kept epoch", fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def heatmaps(get):
@@ -481,15 +627,32 @@ def group(evals):
     return g, lambda k, c: stat(g.get(("c10", k), []), c)
 
 
+def terminal_table(get):
+    """Table 1 for the terminal: reproduced (paper) per column, every row; MISSING where not run."""
+    w = max(len(name(k)) for k in ROWS) + 2
+    lines = ["Table 1, CIFAR-10 test accuracy (%): reproduced (paper)",
+             ("".ljust(w) + "".join(HEAD[c].ljust(15) for c in COLS)).rstrip()]
+    for k in ROWS:
+        cells = []
+        for c, p in zip(COLS, PAPER.get(k, (None,) * 5)):
+            s = get(k, c)
+            cells.append(((MISSING if s is None else f"{s[0]:.1f}") + ("" if p is None else f" ({p:.1f})")).ljust(15))
+        lines.append((name(k).ljust(w) + "".join(cells)).rstrip())
+    return "\n".join(lines)
+
+
 def build(out, evals, run):
     g, get = group(evals)
-    checks, nolog = sanity(evals)
+    checks, unchecked = sanity(evals)
     flags = {}
     for e, c, _ in checks:
         if c not in flags.setdefault((e["_table"], e["_key"]), []):
             flags[(e["_table"], e["_key"])].append(c)
     extra = tuple(c for c in EXTRA if any(get(k, c) for k in ROWS))
+    deps = departures(evals)
+    top = banner(deps)
     t1, rows = tables(g, flags, extra)
+    t1 = t1.replace("\n\n", "\n\n" + top + "\n", 1) if top else t1  # the banner right under the title
     claims, summary = claims_md(get)
     with open(os.path.join(out, "table1.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -502,19 +665,20 @@ def build(out, evals, run):
             (f"curves_tgt_{t}", f"Transfers with {t} target training")
         keys = list(ADV) if t is None else [tkey(s, t, u) for s in ADV for u in UNF]
         drawn[f] = (title, curves(os.path.join(out, f + ".png"), title, keys, g, t))
+    drawn["training"] = ("Training curves per model, from the per-epoch rows each training recorded",
+                         training_curves(os.path.join(out, "training.png"), g))
 
     missing = [name(k) for k in ROWS if ("c10", k) not in g]
     partial = [f"{name(k)} ({', '.join(HEAD[c] for c in COLS if not get(k, c))})" for k in ROWS
                if ("c10", k) in g and not all(get(k, c) for c in COLS)]
-    deps = list(DEPARTURES)
-    for e in evals:
-        d = e.get("departures") or []
-        deps += [str(x) for x in ([d] if isinstance(d, str) else d) if str(x) not in deps]
-    text = ["# Reproduction report: Davchev et al. 2019 (arXiv 1905.02675)\n",
+    n_models = len({(e["_table"], e["_key"]) for e in evals})
+    text = ["# Reproduction report: Davchev et al. 2019 (arXiv 1905.02675)\n"] + ([top] if top else []) + [
             f"Run `{run}`. Tables: table1.md, table1.csv; the claims in detail: claims.md.\n",
-            settings(evals), "## Results\n", t1.split("\n", 2)[2].replace("\n## ", "\n### "),
+            settings(evals), "## Results\n", t1.split("\n## What ran")[0].split("\n", 2)[2].replace(top, "")
+            .replace("\n## ", "\n### "), "\n## What ran\n", t1.split("\n## What ran\n")[1].lstrip("\n"),
             "\n## The paper's claims\n", md_table(["claim", "statement", "verdict"], summary),
-            "\nRules: [claims.md](claims.md).\n\n## Figures\n",
+            "\nRules (holds / contradicted / inconclusive, beyond or within the uncertainty): [claims.md](claims.md)."
+            "\n\n## Figures\n",
             "Heatmaps as in the paper: each column min-max normalised over the rows shown (1 = best, 0 = worst), the "
             "raw accuracy (%) in each cell, white lines between row groups and between Clean | BB | WB"
             + (" | the stronger evaluation (Figure 4 only)" if extra else "") + f"; grey hatched {MISSING} = not run;"
@@ -529,17 +693,21 @@ def build(out, evals, run):
     text += [f"- CIFAR-100 source {k}: no evaluation" for k in ADV if ("src", k) not in g]
     text += ["- DenseNet121: no evaluation"] if ("bb", "densenet") not in g else []
     text += ["- the stronger evaluation (WB-strong, Worst): not run"] if not extra else []
-    text += ["\n## Sanity checks\n", "The evaluations' flags, the eps scales, and catastrophic overfitting: an "
-             f"adversarially trained model's train-batch PGD accuracy falling below {COLLAPSE:.0%} of its best "
-             "earlier value (a best of at least 10%). Each flagged row:\n"]
+    text += ["\n## Sanity checks\n", f"The evaluations' flags, the eps scales, and {COLLAPSE_RULE}. Each flagged "
+             "row:\n"]
     text += [f"- **{label(e)}** seed {e['seed']}: `{c}`: {d} ({os.path.relpath(e['_path'], run)})"
              for e, c, d in checks] or ["- no flags"]
-    text += [f"- no training log beside {len(nolog)} adversarially trained models, collapse not checked: "
-             + ", ".join(nolog)] if nolog else []
-    text += ["\n## Departures from the paper\n"] + [f"- {d}" for d in deps]
+    text += [f"- {len(unchecked)} adversarially trained models recorded no collapse verdict (trained before it was "
+             "recorded), not checked: " + ", ".join(unchecked)] if unchecked else []
+    text += ["\n## Departures from the paper\n", "### This run's settings against the paper's protocol\n"]
+    text += [f"- {SETTING[k]}: {h} (paper {p}): " + ("every model" if len(rows_) == n_models else ", ".join(rows_))
+             + f" ({len(rows_)})" for (k, h, p), rows_ in deps.items()] or \
+        ["- none: every recorded setting is the paper's protocol"]
+    text += ["\n### Choices of this implementation (every run)\n"] + [f"- {d}" for d in DESIGN]
     for fname, body in (("table1.md", t1), ("claims.md", claims), ("report.md", "\n".join(text) + "\n")):
         with open(os.path.join(out, fname), "w") as f:
             f.write(body)
+    return get, top
 
 
 def main(argv=None):
@@ -553,20 +721,22 @@ def main(argv=None):
                                                              or not os.listdir(out))):
         raise UsageError(f"--out {out} exists and is not an earlier report; it would be replaced whole, so pass a "
                          f"new folder or an earlier report's")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".report-", dir=os.path.dirname(out))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the report from the rest of the group
-    try:
-        build(tmp, evals, a.run)
-        if os.path.exists(out):  # os.replace cannot put a folder over a non-empty one: move the old one aside
-            os.rename(out, tmp + ".old")
-        os.rename(tmp, out)
-        shutil.rmtree(tmp + ".old", ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.exists(tmp + ".old") and not os.path.exists(out):
-            os.rename(tmp + ".old", out)
-        raise
+    check_writable(out)  # creates the parent folder; fails here, before the figures, when it cannot be written
+    with output_lock(out):  # a second report.py on the same --out fails at once instead of interleaving
+        tmp = tempfile.mkdtemp(prefix=".report-", dir=os.path.dirname(out))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the report from the rest of the group
+        try:
+            get, top = build(tmp, evals, a.run)
+            if os.path.exists(out):  # os.replace cannot put a folder over a non-empty one: move the old one aside
+                os.rename(out, tmp + ".old")
+            os.rename(tmp, out)
+            shutil.rmtree(tmp + ".old", ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.exists(tmp + ".old") and not os.path.exists(out):
+                os.rename(tmp + ".old", out)
+            raise
+    print(terminal_table(get) + "\n" + (top.replace("> ", "").replace("**", "") if top else ""))
     print(f"wrote {out}: report.md, table1.md/.csv, claims.md and figures from {len(evals)} evaluations")
 
 
