@@ -430,7 +430,7 @@ _EVAL_GRAPHS = weakref.WeakKeyDictionary()  # model -> {(attack, eps, alpha, ste
 
 
 def _device_of(model):
-    return next(model.parameters()).device
+    return next(iter(model.state_dict().values()), torch.empty(0)).device  # a model without weights: the CPU
 
 
 def _capture(fn, state, opts=()):

@@ -242,13 +242,16 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     strong_cost = a.strong_steps * a.restarts if a.strong else 0
     progress = Progress(n, n * (2 + a.steps + strong_cost + a.steps * sum(e != a.eps for e in eps_list)))
     ok = {"clean": [], "wb_fgsm": [], "wb_pgd": [], "wb_strong": [], "bb_fgsm": [], "bb_pgd": []}
+    # the paper's attacks, captured on CUDA (common.eval_step); the strong one starts at random points: eager
+    clean, fgsm, pgd = (c.eval_step(model), c.eval_step(model, "fgsm", eps),
+                        c.eval_step(model, "pgd", eps, eps / 4, a.steps))
     done = 0
     for i, (xb, yb) in enumerate(c.batches(x, y, a.batch_size)):
         done += len(yb)
-        ok["clean"].append(correct(model, xb, yb))
-        ok["wb_fgsm"].append(correct(model, c.fgsm(model, xb, yb, eps), yb))
+        ok["clean"].append(clean(xb, yb))
+        ok["wb_fgsm"].append(fgsm(xb, yb))
         progress("WB-FGSM", done, 2 * len(yb))
-        ok["wb_pgd"].append(correct(model, c.pgd(model, xb, yb, eps, eps / 4, a.steps), yb))
+        ok["wb_pgd"].append(pgd(xb, yb))
         progress(f"WB-PGD-{a.steps}", done, a.steps * len(yb))
         if a.strong:
             ok["wb_strong"].append(pgd_restarts(model, xb, yb, eps, 2.5 * eps / a.strong_steps, a.strong_steps,
@@ -257,7 +260,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
         if bb is not None:
             sl = slice(i * a.batch_size, i * a.batch_size + len(yb))
             for k in ("fgsm", "pgd"):
-                ok["bb_" + k].append(correct(model, bb["x_" + k][sl].to(device), yb))
+                ok["bb_" + k].append(clean(bb["x_" + k][sl].to(device), yb))
     ok = {k: torch.cat(v) for k, v in ok.items() if v}
     ok["worst"] = torch.stack(list(ok.values())).all(0)
     if a.autoattack:
@@ -271,9 +274,9 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
             if e == a.eps:  # the point at the evaluation's own eps is WB-PGD itself (the same deterministic attack)
                 curve["acc"].append(acc["wb_pgd"])
                 continue
-            right, done = 0, 0
+            right, done, pgd_e = 0, 0, c.eval_step(model, "pgd", e / 256, e / 256 / 4, a.steps)
             for xb, yb in c.batches(x, y, a.batch_size):
-                right += correct(model, c.pgd(model, xb, yb, e / 256, e / 256 / 4, a.steps), yb).sum().item()
+                right += pgd_e(xb, yb).sum().item()
                 done += len(yb)
                 progress(f"curve, PGD-{a.steps} at eps {e:g}/256", done, a.steps * len(yb))
             curve["acc"].append(100 * right / max(1, n))

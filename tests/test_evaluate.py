@@ -461,7 +461,7 @@ def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
 
     calls = []
 
-    def pgd(model, xb, yb, eps, alpha, steps, random_start=False):
+    def pgd(model, xb, yb, eps, alpha, steps, random_start=False, gen=None):
         calls.append((alpha, steps, random_start))
         return perturb(xb, yb, fooled["strong" if random_start else "pgd"], eps)
 
