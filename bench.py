@@ -276,7 +276,8 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
 
 
 def columns(a):
-    return ["reference", "eager"] + (["captured"] if a.device.startswith("cuda") else []) + [f"cohort{k}" for k in a.cohorts]
+    cuda = a.device.startswith("cuda")
+    return ["reference", "eager"] + (["captured"] if cuda else []) + [f"cohort{k}" for k in a.cohorts]
 
 
 def estimate(rows, arch, seeds=1):
@@ -354,10 +355,10 @@ def main(argv=None):
         print(f"{arch}: {flops[arch] / 2e6:.1f} M multiply-adds = {flops[arch] / 1e6:.1f} MFLOP per forward pass")
     n = max(10 * a.batch_size, (500 if cuda else a.batch_size) * a.iters)  # the evaluation set is its head
     x, y = (t.to(dev) for t in c.synthetic("cifar10", True, n))  # CIFAR-10-like uint8 data on the device
-    print(f"\nimg/s (clean images, all members of a cohort together); speedup: the best project path over the "
-          f"reference; TFLOP/s and % peak of that path" + ("; syncs: host syncs in one step call" if cuda else ""))
-    print(f"{'row':24s}" + "".join(f" {n:>10s}" for n in columns(a)) + f" {'speedup':>8s} {'TFLOP/s':>8s} {'% peak':>7s}"
-          + (" syncs" if cuda else ""), flush=True)
+    print("\nimg/s (clean images, all members of a cohort together); speedup: the best project path over the "
+          "reference; TFLOP/s and % peak of that path" + ("; syncs: host syncs in one step call" if cuda else ""))
+    print(f"{'row':24s}" + "".join(f" {n:>10s}" for n in columns(a))
+          + f" {'speedup':>8s} {'TFLOP/s':>8s} {'% peak':>7s}" + (" syncs" if cuda else ""), flush=True)
     rows = {}
     for arch, advs in archs.items():
         rows.update(bench_arch(a, arch, advs, x, y, flops, peak))

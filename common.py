@@ -441,7 +441,8 @@ def _capture(fn, state, opts=()):
     them, and the optimiser buffers they created start at zero: SGD's first step, buf = grad, equals
     0.9 * 0 + grad. The replays then continue exactly where the eager run would.
     """
-    opt_state = lambda: [t for o in opts for st in o.state.values() for t in st.values() if torch.is_tensor(t)]  # noqa: E731
+    def opt_state():
+        return [t for o in opts for st in o.state.values() for t in st.values() if torch.is_tensor(t)]
     saved = [t.clone() for t in state]
     known = {id(t): t.clone() for t in opt_state()}
     side = torch.cuda.Stream()
@@ -782,73 +783,94 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
     resume in X.last.pt, a row per epoch in X.jsonl, its lines appended to X.log. A finished member (X.pt newer
     than its init) is skipped unless force. Returns the summaries of the members trained."""
     device = pick_device(device)
+    cuda = device.startswith("cuda")
     for m in members:
         check_writable(m["out"])
-    data = load_data(dataset, data_dir, limit)  # bad data is reported before anything is written
-    with contextlib.ExitStack() as locks:
-        for m in members:  # every output ours alone for the whole run
-            locks.enter_context(output_lock(m["out"]))
-        return _fit(members, data, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, steps, random_start,
-                    label_fix, device, force, freeze_bn)
-
-
-def _fit(members, data, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, steps, random_start, label_fix,
-         device, force, freeze_bn):
-    (xtr, ytr), (xva, yva) = data
-    todo = []
-    for m in members:
-        m["named"] = len(members) > 1
         if m["info"]["num_classes"] != NUM_CLASSES[dataset]:
             raise UsageError(f"the model has {m['info']['num_classes']} classes but {dataset} has "
                              f"{NUM_CLASSES[dataset]}")
-        # channels_last: tensor cores on CUDA; on CPU oneDNN's NHWC kernels, 16-23% faster steps (BENCHMARKS.md)
-        m["model"].to(device).to(memory_format=torch.channels_last)
-        cuda = device.startswith("cuda")  # lr as a device tensor: the captured optimiser step reads it
-        m["opt"] = torch.optim.SGD(m["params"], lr=torch.tensor(lr, device=device) if cuda else lr, momentum=0.9,
-                                   weight_decay=wd, fused=cuda or None)
-        st = _start(m, m["opt"], lr, epochs, force)
-        if st is None:
-            print(f"{m['out']} exists; nothing to do (--force retrains it)")
-            continue
-        m["start"], m["best"], m["rows"] = st
-        m["log"] = open(m["out"][:-3] + ".log", "a" if m["start"] else "w")  # a resumed run appends
-        if m["start"]:
-            say(m, f"resuming {m['out']} after epoch {m['start']}/{epochs}")
-        todo.append(m)
-    if not todo:
-        return []
+    (xtr, ytr), (xva, yva) = load_data(dataset, data_dir, limit)  # bad data is reported before anything is written
     xtr, ytr, xva, yva = (t.to(device) for t in (xtr, ytr, xva, yva))
-    for m in todo:
-        n_par = sum(p.numel() for p in m["params"])
-        say(m, f"{m['info']['arch']} on {dataset} ({len(xtr)} train / {len(xva)} val), {adv} training, "
-               f"{eps_str(eps)}, {n_par:,} of {sum(p.numel() for p in m['model'].parameters()):,} parameters "
-               f"train, device {device}" + (f", cohort of {len(todo)}" if len(todo) > 1 else ""))
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
     n_mon = min(256, len(xtr) // 8)
     xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
-    step, t_start, first = None, time.time(), min(m["start"] for m in todo)
-    for epoch in range(first, epochs):
-        act = [m for m in todo if m["start"] <= epoch]
-        if step is None or len(act) != n_act:  # a member resumed later than the others joins: a new graph
-            step, n_act = make_step([m["model"] for m in act], [m["opt"] for m in act], adv, eps, steps,
-                                    random_start, label_fix), len(act)
-        t0, lr_e = time.time(), lr_at(epoch, lr, epochs, milestones)
-        gens = []
-        for m in act:
-            set_train_mode(m["model"], freeze_bn)
-            set_lr(m["opt"], lr_e)
-            m["tot"] = torch.zeros(3, device=device)
-            # every epoch reproducible on its own: shuffle, crops, flips and random starts; exact resume
-            gens.append(torch.Generator(device).manual_seed(m["args"]["seed"] * 100003 + epoch))
-        for bs in zip(*(batches(xtr, ytr, batch_size, g, train=True) for g in gens)):
-            for m, (loss, k, ka), (_, yb) in zip(act, step(bs, gens), bs):
-                m["tot"] += torch.stack([loss * len(yb), k.float(), ka.float()])
-        dt = time.time() - t0
-        for m in act:
-            _end_epoch(m, epoch, epochs, lr_e, dt, len(act), adv, eps, steps, xtr, xva, yva, xmon, ymon, device,
-                       t_start, first)
-    return [_finish(m, dataset, adv, eps, len(xtr), len(xva), device) for m in todo]
+    t_start = time.time()
+
+    def end_epoch(m, epoch, lr, dt, k, first):
+        """Validate member m, keep its best weights, save its resume state and log its epoch."""
+        loss, tr_clean, tr_adv = (m["tot"] / len(xtr) * torch.tensor([1.0, 100, 100], device=device)).tolist()
+        net = m["model"]
+        val_clean = accuracy(net, xva, yva)
+        val_adv = accuracy(net, xva, yva, kind=adv, eps=eps, steps=steps) if adv != "nat" else None
+        mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=steps) if adv != "nat" else None
+        score = val_clean if val_adv is None else (val_clean + val_adv) / 2
+        row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_clean": tr_clean, "val_clean": val_clean,
+               "seconds": dt, "images_per_s": len(xtr) / dt}
+        if adv != "nat":
+            row.update(train_adv=tr_adv, val_adv=val_adv, train_batch_pgd=mon_pgd)
+        m["rows"].append(row)
+        if score > m["best"]["score"]:
+            m["best"] = {"score": score, "epoch": epoch + 1, "metrics": row,
+                         "model": {n: v.detach().cpu().clone() for n, v in net.state_dict().items()}}
+        atomic_save({**m["info"], "args": m["args"], "epoch": epoch + 1, "model": net.state_dict(),
+                     "optimizer": m["opt"].state_dict(), "best": m["best"], "rows": m["rows"]},
+                    m["out"][:-3] + ".last.pt")
+        log = m["out"][:-3] + ".jsonl"
+        with open(log + ".tmp", "w") as f:  # rewritten whole each epoch: a resumed log has no duplicates
+            f.writelines(json.dumps(r) + "\n" for r in m["rows"])
+        os.replace(log + ".tmp", log)
+        adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
+        vadv_txt = "" if adv == "nat" else f" {adv} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
+        left = (epochs - epoch - 1) * (time.time() - t_start) / (epoch + 1 - first)
+        say(m, f"epoch {epoch + 1:3d}/{epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
+               f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s"
+               + (f" (x{k} models)" if k > 1 else "") + f" | {_fmt_time(dt)} | left {_fmt_time(left)}")
+
+    with contextlib.ExitStack() as held:
+        todo = []
+        for m in members:
+            held.enter_context(output_lock(m["out"]))  # every output ours alone for the whole run
+            m["named"] = len(members) > 1
+            # channels_last: tensor cores on CUDA; on CPU oneDNN's NHWC kernels, 16-23% faster steps (BENCHMARKS.md)
+            m["model"].to(device).to(memory_format=torch.channels_last)
+            # on CUDA the lr is a device tensor: the captured optimiser step reads it at every replay
+            m["opt"] = torch.optim.SGD(m["params"], lr=torch.tensor(lr, device=device) if cuda else lr, momentum=0.9,
+                                       weight_decay=wd, fused=cuda or None)
+            st = _start(m, m["opt"], lr, epochs, force)
+            if st is None:
+                print(f"{m['out']} exists; nothing to do (--force retrains it)")
+                continue
+            m["start"], m["best"], m["rows"] = st
+            m["log"] = held.enter_context(open(m["out"][:-3] + ".log", "a" if m["start"] else "w"))  # resumed: append
+            if m["start"]:
+                say(m, f"resuming {m['out']} after epoch {m['start']}/{epochs}")
+            n_par = sum(p.numel() for p in m["params"])
+            say(m, f"{m['info']['arch']} on {dataset} ({len(xtr)} train / {len(xva)} val), {adv} training, "
+                   f"{eps_str(eps)}, {n_par:,} of {sum(p.numel() for p in m['model'].parameters()):,} parameters "
+                   f"train, device {device}" + (f", cohort of {len(members)}" if len(members) > 1 else ""))
+            todo.append(m)
+        step, n_step, first = None, 0, min((m["start"] for m in todo), default=epochs)
+        for epoch in range(first, epochs):
+            act = [m for m in todo if m["start"] <= epoch]
+            if len(act) != n_step:  # the first epoch, or a member resumed later than the others joins: a new graph
+                step, n_step = make_step([m["model"] for m in act], [m["opt"] for m in act], adv, eps, steps,
+                                         random_start, label_fix), len(act)
+            t0, lr_e = time.time(), lr_at(epoch, lr, epochs, milestones)
+            gens = []
+            for m in act:
+                set_train_mode(m["model"], freeze_bn)
+                set_lr(m["opt"], lr_e)
+                m["tot"] = torch.zeros(3, device=device)
+                # every epoch reproducible on its own: shuffle, crops, flips and random starts; exact resume
+                gens.append(torch.Generator(device).manual_seed(m["args"]["seed"] * 100003 + epoch))
+            for bs in zip(*(batches(xtr, ytr, batch_size, g, train=True) for g in gens)):
+                for m, (loss, k, ka), (_, yb) in zip(act, step(bs, gens), bs):
+                    m["tot"] += torch.stack([loss * len(yb), k.float(), ka.float()])
+            dt = time.time() - t0
+            for m in act:
+                end_epoch(m, epoch, lr_e, dt, len(act), first)
+        return [_finish(m, dataset, adv, eps, len(xtr), len(xva), device) for m in todo]
 
 
 def say(m, line):
@@ -856,36 +878,6 @@ def say(m, line):
     print(f"[{os.path.basename(m['out'])[:-3]}] {line}" if m.get("named") else line, flush=True)
     m["log"].write(line + "\n")
     m["log"].flush()
-
-
-def _end_epoch(m, epoch, epochs, lr, dt, k, adv, eps, steps, xtr, xva, yva, xmon, ymon, device, t_start, first):
-    """Validate member m, keep its best weights, save its resume state and log its epoch."""
-    loss, tr_clean, tr_adv = (m["tot"] / len(xtr) * torch.tensor([1.0, 100, 100], device=device)).tolist()
-    net = m["model"]
-    val_clean = accuracy(net, xva, yva)
-    val_adv = accuracy(net, xva, yva, kind=adv, eps=eps, steps=steps) if adv != "nat" else None
-    mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=steps) if adv != "nat" else None
-    score = val_clean if val_adv is None else (val_clean + val_adv) / 2
-    row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_clean": tr_clean, "val_clean": val_clean,
-           "seconds": dt, "images_per_s": len(xtr) / dt}
-    if adv != "nat":
-        row.update(train_adv=tr_adv, val_adv=val_adv, train_batch_pgd=mon_pgd)
-    m["rows"].append(row)
-    if score > m["best"]["score"]:
-        m["best"] = {"score": score, "epoch": epoch + 1, "metrics": row,
-                     "model": {n: v.detach().cpu().clone() for n, v in net.state_dict().items()}}
-    atomic_save({**m["info"], "args": m["args"], "epoch": epoch + 1, "model": net.state_dict(),
-                 "optimizer": m["opt"].state_dict(), "best": m["best"], "rows": m["rows"]}, m["out"][:-3] + ".last.pt")
-    log = m["out"][:-3] + ".jsonl"
-    with open(log + ".tmp", "w") as f:  # rewritten whole each epoch: a resumed log has no duplicates
-        f.writelines(json.dumps(r) + "\n" for r in m["rows"])
-    os.replace(log + ".tmp", log)
-    adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
-    vadv_txt = "" if adv == "nat" else f" {adv} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
-    left = (epochs - epoch - 1) * (time.time() - t_start) / (epoch + 1 - first)
-    say(m, f"epoch {epoch + 1:3d}/{epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
-           f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s"
-           + (f" (x{k} models)" if k > 1 else "") + f" | {_fmt_time(dt)} | left {_fmt_time(left)}")
 
 
 def _finish(m, dataset, adv, eps, n_train, n_val, device):

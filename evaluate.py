@@ -225,7 +225,8 @@ def main(argv=None):
     dataset = a.dataset or ck.get("dataset") or ("cifar100" if ck["num_classes"] == 100 else "cifar10")
     if c.NUM_CLASSES[dataset] != ck["num_classes"]:
         raise c.UsageError(f"{a.ckpt} has {ck['num_classes']} classes but the {dataset} test set has "
-                           f"{c.NUM_CLASSES[dataset]}; evaluate it on {'cifar100' if ck['num_classes'] == 100 else 'cifar10'}")
+                           f"{c.NUM_CLASSES[dataset]}; evaluate it on "
+                           f"{'cifar100' if ck['num_classes'] == 100 else 'cifar10'}")
     model = c.model_from_checkpoint(ck, device, a.ckpt)
     x, y = load_test(dataset, a)
     bb = None

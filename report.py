@@ -362,7 +362,8 @@ CLAIMS = [
 CLAIMS_RULE = (
     "Rule: each number compared carries an uncertainty u = sqrt(std^2 + se^2), std the sample std over seeds (0 "
     "with one seed) and se the binomial standard error of an accuracy on the number of test images N "
-    "(Agresti-Coull: sqrt(q(1-q)/(N+4)) with q = (pN+2)/(N+4), never 0 even at 0% or 100%); **here ± is that u**, not the seed spread of the tables. A comparison's spread is the sum of "
+    "(Agresti-Coull: sqrt(q(1-q)/(N+4)) with q = (pN+2)/(N+4), never 0 even at 0% or 100%); **here ± is that u**, "
+    "not the seed spread of the tables. A comparison's spread is the sum of "
     "the u of its numbers (weighted as they enter). A comparison **holds** when the difference beats its margin by "
     "more than the spread, is **contradicted** when it misses the margin by more than the spread, and is "
     "**inconclusive** in between: the seeds and test images run cannot tell. A claim holds when all its "

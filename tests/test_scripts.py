@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import common as c
-import train_blackbox
 import train_source
 import transfer
 
