@@ -672,7 +672,6 @@ def build(out, evals, run):
     missing = [name(k) for k in ROWS if ("c10", k) not in g]
     partial = [f"{name(k)} ({', '.join(HEAD[c] for c in COLS if not get(k, c))})" for k in ROWS
                if ("c10", k) in g and not all(get(k, c) for c in COLS)]
-    n_models = len({(e["_table"], e["_key"]) for e in evals})
     text = ["# Reproduction report: Davchev et al. 2019 (arXiv 1905.02675)\n"] + ([top] if top else []) + [
             f"Run `{run}`. Tables: table1.md, table1.csv; the claims in detail: claims.md.\n",
             settings(evals), "## Results\n", t1.split("\n## What ran")[0].split("\n", 2)[2].replace(top, "")
@@ -701,9 +700,13 @@ def build(out, evals, run):
     text += [f"- {len(unchecked)} adversarially trained models recorded no collapse verdict (trained before it was "
              "recorded), not checked: " + ", ".join(unchecked)] if unchecked else []
     text += ["\n## Departures from the paper\n", "### This run's settings against the paper's protocol\n"]
-    text += [f"- {SETTING[k]}: {h} (paper {p}): " + ("every model" if len(rows_) == n_models else ", ".join(rows_))
-             + f" ({len(rows_)})" for (k, h, p), rows_ in deps.items()] or \
-        ["- none: every recorded setting is the paper's protocol"]
+    every = [label(e) for e in sorted(evals, key=order)]
+
+    def which(rows_):  # "every model", "every model but ...", or the rows
+        rest = [r for r in dict.fromkeys(every) if r not in rows_]
+        return ("every model" + (f" but {', '.join(rest)}" if rest else "") if len(rest) <= 3 else ", ".join(rows_))
+    text += [f"- {SETTING[k]}: {h} (paper {p}): {which(rows_)} ({len(rows_)})" for (k, h, p), rows_ in deps.items()] \
+        or ["- none: every recorded setting is the paper's protocol"]
     text += ["\n### Choices of this implementation (every run)\n"] + [f"- {d}" for d in DESIGN]
     for fname, body in (("table1.md", t1), ("claims.md", claims), ("report.md", "\n".join(text) + "\n")):
         with open(os.path.join(out, fname), "w") as f:
