@@ -704,7 +704,9 @@ def build(out, evals, run):
 
     def which(rows_):  # "every model", "every model but ...", or the rows
         rest = [r for r in dict.fromkeys(every) if r not in rows_]
-        return ("every model" + (f" but {', '.join(rest)}" if rest else "") if len(rest) <= 3 else ", ".join(rows_))
+        if rest and (len(rest) > 3 or len(rows_) <= 2 * len(rest)):
+            return ", ".join(rows_)
+        return "every model" + (f" but {', '.join(rest)}" if rest else "")
     text += [f"- {SETTING[k]}: {h} (paper {p}): {which(rows_)} ({len(rows_)})" for (k, h, p), rows_ in deps.items()] \
         or ["- none: every recorded setting is the paper's protocol"]
     text += ["\n### Choices of this implementation (every run)\n"] + [f"- {d}" for d in DESIGN]
