@@ -248,10 +248,9 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
     rows = {}
     for what, variants in jobs.items():
         runs = {name: make() for name, (_, make) in variants.items()}  # built once: a cohort's graph is reused
-        syncs = None
-        for name, f in runs.items():  # warm-up: compilation, cuDNN's choices, the capture
-            n = host_syncs(f, cuda)
-            syncs = n if name in ("eager", "captured") else syncs
+        for f in runs.values():  # warm-up: cuDNN's choices, the capture (which synchronises: not counted)
+            f()
+        syncs = host_syncs(runs.get("captured", runs["eager"]), cuda)  # one steady-state call of the project's
         ts = {name: [] for name in runs}
         for _ in range(a.repeats):  # interleaved, so a busy machine slows every path alike
             for name, f in runs.items():
