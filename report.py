@@ -560,8 +560,9 @@ def training_curves(path, g):
             kept = next((r for r in t["rows"] if r.get("epoch") == t.get("epoch")), None)
             if kept and isinstance(kept.get("val_clean"), (int, float)):
                 ax.plot(kept["epoch"], kept["val_clean"], "o", color=colour, ms=4)
-        ax.set(title=title, xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        last = max((r.get("epoch") or 1 for e in es for r in e["train"]["rows"]), default=1)
+        ax.set(title=title, xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), xlim=(0.5, last + 0.5))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
     for ax in list(axes.flat)[len(panels):]:
