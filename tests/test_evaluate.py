@@ -657,3 +657,12 @@ def test_bad_input(case, bad_runs):
         assert r.stdout == ""  # refused before any work, not after the whole evaluation
     if case == "missing --ckpt":
         assert "missing.pt" in lines[0]
+
+
+def test_sanity_slack_grows_on_few_test_images():
+    """One image in 50 is 2 points: a black-box set that happens to fool a chance-level model one image less than
+    the clean set is noise there, but 2 points on 10,000 images is 200 images: a flag."""
+    acc = {"clean": 4.0, "wb_fgsm": 0.0, "wb_pgd": 0.0, "bb_fgsm": 6.0, "bb_pgd": 6.0}
+    assert evaluate.noise_tol(4.0, 50) > 5 and evaluate.noise_tol(50.0, 10_000) == evaluate.TOL
+    assert "adv-above-clean" not in checks(evaluate.sanity_flags(acc, tol=evaluate.noise_tol(4.0, 50)))
+    assert "adv-above-clean" in checks(evaluate.sanity_flags(acc, tol=evaluate.noise_tol(4.0, 10_000)))
