@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import weakref
 
@@ -565,8 +566,10 @@ def check_writable(path, flag="--out"):
         if os.path.lexists(d):
             raise UsageError(f"{flag} {path}: {d} is a file, not a folder; pass another path")
         d = os.path.dirname(d)
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: cannot write into {d}; pass a writable path")
+    try:  # an unnamed temporary file: a real write, and nothing left behind
+        tempfile.TemporaryFile(dir=d).close()
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write into {d} ({e.strerror or e}); pass a writable path")
 
 
 @contextlib.contextmanager
@@ -575,8 +578,11 @@ def output_lock(path, flag="--out"):
     kill -9): two runs on one output cannot interleave; the second fails at once naming the first."""
     import fcntl
     check_writable(path, flag)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path + ".lock", "a+")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        f = open(path + ".lock", "a+")
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or e}); pass a writable path")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -342,6 +342,7 @@ BAD = {  # name: (script, arguments; INIT/DATA are filled in by the test, argpar
     "--limit too small": ("train_source.py", ["--limit", "5"], False),
     "--growth 0": ("train_blackbox.py", ["--growth", "0", "--epochs", "1", "--limit", "20"], False),
     "--out under a file": ("train_source.py", ["--out", "UNDERFILE"], False),
+    "--out where nothing can be written": ("train_source.py", ["--out", "/proc/no/x.pt"], False),
     "one --out for two seeds": ("train_source.py", ["--seed", "0", "1"], False),
     "a seed twice": ("train_source.py", ["--seed", "1", "1", "--out", "TEMPLATE"], False),
     "--out template with an unknown field": ("transfer.py", SRC + ["--init", "INIT", "--out", "x_{epoch}.pt"], False),
