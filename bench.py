@@ -264,7 +264,8 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
         tflops = rate[best] * flops[arch] * FWD[what] / 1e12
         rows[f"{arch}/{what}"] = {"img_s": rate, "seconds": ts, "best": best, "speedup": rate[best] / rate["reference"],
                                   "tflops": tflops, "peak_frac": tflops / peak if peak else None, "host_syncs": syncs}
-        print(f"{arch + '/' + what:24s}" + "".join(f" {rate.get(n, float('nan')):10.1f}" for n in columns(a))
+        print(f"{arch + '/' + what:24s}" + "".join(f" {rate[n]:10.1f}" if n in rate else f" {'-':>10s}"
+                                                  for n in columns(a))
               + f" {rate[best] / rate['reference']:7.2f}x {tflops:8.3f} "
               + (f"{100 * tflops / peak:6.2f}%" if peak else "      -") + ("" if syncs is None else f" {syncs:5d}"),
               flush=True)
