@@ -82,6 +82,7 @@ help:
 	@echo "make mini DATA=FOLDER   the whole grid on small real subsets (npz), scaled down, on a GPU -> runs/mini"
 	@echo "make bench      training/evaluation throughput: eager, captured, cohorts, a plain PyTorch reference"
 	@echo "make test-slurm make smoke through a private single-node SLURM (installs slurm-wlm and munge)"
+	@echo "make gpu-check DATA=FOLDER   on a CUDA machine: GPU tests, bench, a timed make mini"
 	@echo "stages: sources baselines transfers blackbox evals report; grid: SRC TGT UNFREEZE BASE SEEDS"
 	@echo "settings: RUN=$(R) DATA=$(DATA) ARCH=$(ARCH) PY=$(PY) LAUNCH=$(LAUNCH)"
 	@echo "e.g.  make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all;   make -n $(R)/transfer/pgd-pgd-12_s0.pt"
