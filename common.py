@@ -44,6 +44,14 @@ def run_main(main):
         die("interrupted; run the same command again to resume from the last completed epoch")
 
 
+def binomial_se(acc, n):
+    """Standard error (points) of an accuracy of acc % measured on n images: the test set's own sampling noise.
+    Agresti-Coull's (two successes and two failures added): 0 of 50 right is not a certain 0%, and the plain
+    sqrt(p(1-p)/n) would call it exact."""
+    q = (acc / 100 * n + 2) / (n + 4)
+    return 100 * math.sqrt(q * (1 - q) / (n + 4))
+
+
 def eps_str(eps):
     return f"eps {eps * 256:g}/256 = {eps:.5f} on [0,1] = {2 * eps:.4f} on the paper's [-1,1] scale"
 

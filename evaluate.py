@@ -17,7 +17,6 @@ Long runs print a progress line at most every PROGRESS_S seconds. A finished com
 inputs) does nothing when rerun; --force redoes it. Two runs on one --out cannot overlap: the second stops at once.
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -101,8 +100,7 @@ def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
 def noise_tol(clean, n):
     """Slack for comparing two accuracies on the same n images: TOL, or two binomial standard errors of the clean
     accuracy where that is more (on 50 images one image is 2 points: noise, not gradient masking)."""
-    q = (clean / 100 * n + 2) / (n + 4)  # Agresti-Coull: never 0, also at 0% or 100%
-    return max(TOL, 2 * 100 * math.sqrt(q * (1 - q) / (n + 4)))
+    return max(TOL, 2 * c.binomial_se(clean, n))
 
 
 def sanity_flags(acc, curve=None, tol=TOL):

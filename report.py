@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import UsageError, check_writable, eps_str, output_lock, run_main  # noqa: E402
+from common import COLLAPSE, UsageError, binomial_se, check_writable, eps_str, output_lock, run_main  # noqa: E402
 
 ADV, UNF = ("nat", "fgsm", "pgd"), (1, 12, 56)
 COLS = ("clean", "bb_fgsm", "bb_pgd", "wb_fgsm", "wb_pgd")  # Table 1's order
@@ -36,8 +36,8 @@ HEAD = {"clean": "Clean", "bb_fgsm": "BB-FGSM", "bb_pgd": "BB-PGD", "wb_fgsm": "
         "wb_strong": "WB-strong", "autoattack": "AutoAttack", "worst": "Worst"}
 MISSING = "–"
 COLLAPSE_RULE = ("catastrophic overfitting (Wong et al. 2020), judged by the training itself: the PGD accuracy of a "
-                 "fixed training batch, measured every epoch, falling below 0.3 x its best so far once that best is "
-                 "at least 10%")
+                 f"fixed training batch, measured every epoch, falling below {COLLAPSE:g} x its best so far once that "
+                 "best is at least 10%")
 CMAP = "viridis"
 COLOUR = {"nat": "tab:blue", "fgsm": "tab:orange", "pgd": "tab:green"}  # curves: by source
 
@@ -253,15 +253,13 @@ def check(e, p):
 
 def stat(es, col):
     """(mean, sample std, n, se) over the seeds that have this column, or None. se is the binomial standard error
-    of an accuracy measured on the fewest test images among them (points): the test set's own sampling noise,
-    which seeds do not show since every seed meets the same images. Agresti-Coull's (two successes and two
-    failures added): 0 of 50 right is not a certain 0%, and a plain sqrt(p(1-p)/N) would call it exact."""
+    (common.binomial_se) of an accuracy measured on the fewest test images among them: the test set's own
+    sampling noise, which seeds do not show since every seed meets the same images."""
     v = [e["acc"][col] for e in es if e["acc"].get(col) is not None]
     if not v:
         return None
     m, n_test = statistics.mean(v), min(e.get("n_test") or 10_000 for e in es)
-    p = (m / 100 * n_test + 2) / (n_test + 4)
-    return m, statistics.stdev(v) if len(v) > 1 else 0.0, len(v), 100 * math.sqrt(p * (1 - p) / (n_test + 4))
+    return m, statistics.stdev(v) if len(v) > 1 else 0.0, len(v), binomial_se(m, n_test)
 
 
 def fmt(s, paper=None, nrow=1):
