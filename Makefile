@@ -12,7 +12,6 @@
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.SECONDARY:            # keep checkpoints that are only intermediate (sources) when a later stage fails
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -31,8 +30,10 @@ SEEDS    ?= 0
 BB_SEED  ?= 0
 
 # ---- settings (defaults: the paper's protocol, PROTOCOL.md) -------------------------------------------------
-# everything this pipeline writes
+# everything this pipeline writes; make smoke and make mini write their own trees
 RUN       ?= runs/paper
+SMOKE_RUN ?= runs/smoke
+MINI_RUN  ?= runs/mini
 # torchvision root (downloads), a folder of *_{train,test}.npz, or 'synthetic'
 DATA      ?= data
 ARCH      ?= resnet56
@@ -60,6 +61,35 @@ GPULOCK = bash -c 'while :; do for g in $$(seq 0 $$(($(NGPU) - 1))); do for s in
   exec 9>"$${TMPDIR:-/tmp}/gpulock.$$g.$$s"; if flock -n 9; then export CUDA_VISIBLE_DEVICES=$$g; exec "$$@"; fi; \
   done; done; sleep 10; done' gpulock
 
+# ---- checks: a bad variable stops make before the first job, with one line naming it ------------------------
+ADV_OK      := nat fgsm pgd
+UNFREEZE_OK := 1 12 56
+ARCH_OK     := $(addprefix resnet,$(shell seq 8 6 1202))
+, := ,
+not_int = $(strip $(foreach w,$(1),$(if $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst \
+  6,,$(subst 7,,$(subst 8,,$(subst 9,,$(w))))))))))),$(w))))
+not_one_int = $(or $(call not_int,$(1)),$(filter-out 1,$(words $(1))))
+bad = $(error $(1))
+$(foreach v,SRC TGT BASE,$(if $(filter-out $(ADV_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one of \
+  $(ADV_OK))))
+$(if $(filter-out $(UNFREEZE_OK),$(UNFREEZE)),$(call bad,UNFREEZE=$(UNFREEZE): each must be one of $(UNFREEZE_OK)))
+$(if $(or $(call not_int,$(SEEDS)),$(if $(SEEDS),,empty)),$(call bad,SEEDS=$(SEEDS): one or more non-negative \
+  integers$(,) e.g. SEEDS="0 1 2"))
+$(foreach v,SRC TGT UNFREEZE BASE SEEDS,$(if $(filter-out $(words $($(v))),$(words $(sort $($(v))))),$(call \
+  bad,$(v)=$($(v)) names a value twice)))
+$(if $(call not_one_int,$(BB_SEED)),$(call bad,BB_SEED=$(BB_SEED): one non-negative integer))
+$(foreach v,EPOCHS_SRC EPOCHS_TL EPOCHS_BB,$(if $(or $(call not_one_int,$($(v))),$(filter 0,$($(v)))),$(call \
+  bad,$(v)=$($(v)): one integer above 0$(,) e.g. $(v)=10)))
+$(if $(filter-out $(ARCH_OK),$(ARCH)),$(call bad,ARCH=$(ARCH): the sources' ResNet: resnet56 (the paper) or \
+  resnetN with N = 6n+2 (resnet8$(,) resnet20$(,) ...)))
+$(foreach v,RUN DATA PY SMOKE_RUN MINI_RUN,$(if $(filter-out 1,$(words $($(v)))),$(call bad,$(v)='$($(v))': \
+  a path with spaces (or an empty one) is not supported; use one without (a symbolic link will do))))
+# a folder of .npz files must hold all four (a torchvision root, with none, downloads what it lacks)
+NPZ := $(foreach d,cifar10 cifar100,$(foreach s,train test,$(DATA)/$(d)_$(s).npz))
+$(if $(and $(wildcard $(DATA)/*.npz),$(filter-out $(wildcard $(NPZ)),$(NPZ))),$(call bad,DATA=$(DATA) lacks \
+  $(notdir $(filter-out $(wildcard $(NPZ)),$(NPZ))): a folder of .npz files needs cifar10_train/test.npz and \
+  cifar100_train/test.npz))
+
 R := $(RUN)
 DATAFLAG = --data-dir $(DATA)
 LOG = 2>&1 | tee -a $(basename $@).log
@@ -73,6 +103,9 @@ BLACKBOX  := $(R)/blackbox/densenet121_s$(BB_SEED).pt
 EXAMPLES  := $(R)/blackbox/examples.pt
 MODELS    := $(SOURCES) $(BASELINES) $(TRANSFERS) $(BLACKBOX)
 EVALS     := $(MODELS:.pt=.eval.json)
+# Named here so that none is an intermediate file: Make rebuilds any of them that is deleted, even when the report
+# that depends on it is newer (and never deletes one after a later stage fails).
+$(MODELS) $(EXAMPLES):
 
 .PHONY: help all sources baselines transfers blackbox evals report smoke mini test test-slurm gpu-check bench clean-smoke
 help:
@@ -151,7 +184,6 @@ $(R)/report/report.md: $(EVALS) | report.py
 
 # ---- smoke, tests, benchmark -------------------------------------------------------------------------------
 # The same DAG on built-in synthetic data with tiny settings, in its own output tree, on CPU.
-SMOKE_RUN ?= runs/smoke
 SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EPOCHS_BB=1 SEEDS=0 \
   SRC='nat fgsm pgd' TGT='nat fgsm pgd' UNFREEZE='1 12 56' BASE='nat fgsm pgd' LAUNCH='$(SMOKE_LAUNCH)' \
   TRAIN_FLAGS='--limit 400 --batch-size 50 --device cpu' BB_FLAGS='--limit 200' \
@@ -167,12 +199,11 @@ smoke: | $(VENV)
 # The whole grid on real images at a small scale: a folder of cifar10/cifar100_{train,test}.npz (e.g. 8,000 + 1,000
 # images each), the protocol's schedule shape at 10/4/6 epochs, every test image of the folder, a lighter strong
 # attack. Meant for one GPU, through the captured cohort path; the first real-data result to look at.
-MINI_RUN  ?= runs/mini
 MINI_JOBS ?= 4
 MINI = RUN=$(MINI_RUN) EPOCHS_SRC=10 EPOCHS_TL=4 EPOCHS_BB=6 SEEDS=0 \
   EVAL_FLAGS='--strong-steps 20 --restarts 3 --curve-eps 0 2 4 8 16 32'
 mini: | $(VENV)
-	@test -d "$(DATA)" && ls "$(DATA)"/cifar10_train.npz "$(DATA)"/cifar100_train.npz >/dev/null 2>&1 || { \
+	@ls $(NPZ) >/dev/null 2>&1 || { \
 	  echo "error: make mini needs DATA=FOLDER holding cifar10_{train,test}.npz and cifar100_{train,test}.npz"; exit 2; }
 	$(MAKE) --no-print-directory -j$(MINI_JOBS) $(MINI) all
 	@echo "mini report: $(MINI_RUN)/report/report.md"

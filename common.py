@@ -34,14 +34,16 @@ def die(msg):
     sys.exit(2)
 
 
-def run_main(main):
-    """Run a script's main(): bad input becomes one line on stderr and exit status 2, never a traceback."""
+def run_main(main, interrupted="interrupted; run the same command again to resume from the last completed epoch "
+                               "(X.last.pt beside each output)"):
+    """Run a script's main(): bad input becomes one line on stderr and exit status 2, never a traceback; Ctrl-C
+    says what was kept and how to go on (`interrupted`, the script's own words)."""
     try:
         main()
     except UsageError as e:
         die(str(e))
     except KeyboardInterrupt:
-        die("interrupted; run the same command again to resume from the last completed epoch")
+        die(interrupted)
 
 
 def binomial_se(acc, n):
@@ -95,6 +97,10 @@ def _check_arrays(x, y, path, k):
     if len(y) and (y.min() < 0 or y.max() >= k):
         raise UsageError(f"{path}: labels must lie in [0, {k - 1}] for {k} classes, got [{y.min()}, {y.max()}]; "
                          f"is this the right dataset?")
+    m = len(np.unique(y))
+    if len(y) >= 10 * k and m < k:  # e.g. CIFAR-10 saved as cifar100_*.npz: in range, but 10 of 100 classes
+        raise UsageError(f"{path}: {len(y):,} images hold labels of only {m} of the {k} classes of "
+                         f"{'CIFAR-10' if k == 10 else 'CIFAR-100'}; is this the right dataset?")
 
 
 def load_split(name, data_dir, train):
@@ -642,10 +648,20 @@ def provenance(device):
 
 
 def pick_device(name):
+    """'auto' (CUDA when there is one), 'cpu', 'cuda' or 'cuda:N', checked before any work."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} asked for but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return name
 
 
@@ -657,8 +673,8 @@ def pick_device(name):
 def add_training_args(p, epochs, wd, milestones, out):
     """The flags every training script takes; defaults are the authors' schedule for that stage."""
     p.add_argument("--out", default=out, help="final (best-validation) checkpoint; X.last.pt, X.json, X.jsonl, "
-                   "X.log beside it. With several members, a template such as " + out.replace("{", "{{")
-                   .replace("}", "}}").replace("%", "%%") + " (the default)")
+                   "X.log beside it. With several members, a template such as " + out.replace("%", "%%")
+                   + " (the default)")
     p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--wd", type=float, default=wd, help="weight decay")
@@ -683,11 +699,18 @@ def add_training_args(p, epochs, wd, milestones, out):
 def check_training_args(a):
     if a.epochs < 1 or a.batch_size < 1 or (a.limit is not None and a.limit < 20):
         raise UsageError("--epochs and --batch-size must be positive and --limit at least 20")
-    if a.eps < 0 or a.steps < 1 or a.lr <= 0 or a.wd < 0:
+    if not (a.eps >= 0 and a.steps >= 1 and a.lr > 0 and a.wd >= 0) or math.inf in (a.eps, a.lr, a.wd):
         raise UsageError(f"--eps and --wd must be non-negative, --steps and --lr positive "
                          f"(got eps={a.eps}, steps={a.steps}, lr={a.lr}, wd={a.wd})")
     if len(set(a.seed)) != len(a.seed):
         raise UsageError(f"--seed lists a seed twice ({' '.join(map(str, a.seed))})")
+    if any(s < 0 for s in a.seed):
+        raise UsageError(f"--seed must be non-negative, got {' '.join(map(str, a.seed))}")
+    bad = [m for m in a.milestones if not 0 < m <= 1]
+    if bad:
+        raise UsageError(f"--milestones {' '.join(f'{m:g}' for m in a.milestones)}: milestones are fractions of "
+                         f"--epochs in (0, 1], e.g. --milestones 0.5 0.75 for epochs 100 and 150 of 200")
+    pick_device(a.device)
 
 
 def member_paths(template, members, flag="--out"):
@@ -805,11 +828,15 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
                              f"{NUM_CLASSES[dataset]}")
     (xtr, ytr), (xva, yva) = load_data(dataset, data_dir, limit)  # bad data is reported before anything is written
     xtr, ytr, xva, yva = (t.to(device) for t in (xtr, ytr, xva, yva))
+    if not cuda and len(xtr) * epochs >= 1_000_000:  # e.g. the protocol's 47,500 images x 200 epochs
+        print(f"warning: {len(xtr):,} images x {epochs} epochs on the CPU take days; for a try on the CPU: --arch "
+              f"resnet8 --epochs 2 --limit 1000 --data-dir synthetic (README, 'One cell, ad hoc')", file=sys.stderr,
+              flush=True)
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
     n_mon = min(256, len(xtr) // 8)
     xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
-    t_start = time.time()
+    spent = [0.0]  # seconds of the epochs trained in this process, validation included: the time-left estimate
 
     def end_epoch(m, epoch, lr, dt, k, first):
         """Validate member m, keep its best weights, save its resume state and log its epoch."""
@@ -836,7 +863,7 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         os.replace(log + ".tmp", log)
         adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
         vadv_txt = "" if adv == "nat" else f" {adv} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
-        left = (epochs - epoch - 1) * (time.time() - t_start) / (epoch + 1 - first)
+        left = (epochs - epoch - 1) * (spent[0] + time.time() - t0) / (epoch + 1 - first)
         say(m, f"epoch {epoch + 1:3d}/{epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
                f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s"
                + (f" (x{k} models)" if k > 1 else "") + f" | {_fmt_time(dt)} | left {_fmt_time(left)}")
@@ -845,7 +872,6 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         todo = []
         for m in members:
             held.enter_context(output_lock(m["out"]))  # every output ours alone for the whole run
-            m["named"] = len(members) > 1
             # channels_last: tensor cores on CUDA; on CPU oneDNN's NHWC kernels, 16-23% faster steps (BENCHMARKS.md)
             m["model"].to(device).to(memory_format=torch.channels_last)
             # on CUDA the lr is a device tensor: the captured optimiser step reads it at every replay
@@ -867,6 +893,8 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         step, n_step, first = None, 0, min((m["start"] for m in todo), default=epochs)
         for epoch in range(first, epochs):
             act = [m for m in todo if m["start"] <= epoch]
+            if not act:  # every member diverged (or none starts yet)
+                continue
             if len(act) != n_step:  # the first epoch, or a member resumed later than the others joins: a new graph
                 step, n_step = make_step([m["model"] for m in act], [m["opt"] for m in act], adv, eps, steps,
                                          random_start, label_fix), len(act)
@@ -876,20 +904,66 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
                 set_train_mode(m["model"], freeze_bn)
                 set_lr(m["opt"], lr_e)
                 m["tot"] = torch.zeros(3, device=device)
+                m["bad"] = torch.tensor(-1, device=device)  # the first step with a non-finite loss, kept on the device
                 # every epoch reproducible on its own: shuffle, crops, flips and random starts; exact resume
                 gens.append(torch.Generator(device).manual_seed(m["args"]["seed"] * 100003 + epoch))
-            for bs in zip(*(batches(xtr, ytr, batch_size, g, train=True) for g in gens)):
+            n_steps, t_shown = math.ceil(len(xtr) / batch_size), time.time()
+            for i, bs in enumerate(zip(*(batches(xtr, ytr, batch_size, g, train=True) for g in gens))):
                 for m, (loss, k, ka), (_, yb) in zip(act, step(bs, gens), bs):
                     m["tot"] += torch.stack([loss * len(yb), k.float(), ka.float()])
+                    m["bad"] = torch.where((m["bad"] < 0) & ~loss.isfinite(), i + 1, m["bad"])
+                if i == 0:
+                    t1 = time.time()  # rates from here on: the first step also captures and warms up
+                elif time.time() - t_shown >= PROGRESS_S and i + 1 < n_steps:
+                    t_shown = time.time()
+                    if all(_diverged(m, epoch, lr_e, None) for m in act):
+                        break  # nothing left worth the rest of the epoch
+                    rate = i * len(bs[0][1]) * len(act) / (t_shown - t1)
+                    print(f"[{_who(act)}] epoch {epoch + 1}/{epochs} step {i + 1}/{n_steps} | {rate:,.0f} img/s | "
+                          f"epoch left {_fmt_time((n_steps - i - 1) * (t_shown - t1) / i)}", flush=True)
             dt = time.time() - t0
             for m in act:
-                end_epoch(m, epoch, lr_e, dt, len(act), first)
-        return [_finish(m, dataset, adv, eps, len(xtr), len(xva), device) for m in todo]
+                if not _diverged(m, epoch, lr_e, n_steps):
+                    end_epoch(m, epoch, lr_e, dt, len(act), first)
+            todo = [m for m in todo if not m.get("diverged")]
+            spent[0] += time.time() - t0
+        done = [_finish(m, dataset, adv, eps, len(xtr), len(xva), device) for m in todo]
+        lost = [m["diverged"] for m in members if m.get("diverged")]
+        if lost:
+            raise UsageError("; ".join(lost))
+        return done
+
+
+PROGRESS_S = 30  # a progress line inside an epoch at most this often
+
+
+def _who(ms):
+    """The name of a member, or of a cohort (its first member and how many more), for lines on stdout."""
+    first = os.path.basename(ms[0]["out"])[:-3]
+    return first + (f" +{len(ms) - 1} more" if len(ms) > 1 else "")
+
+
+def _diverged(m, epoch, lr, n_steps):
+    """True (and m['diverged'] says where) once member m's loss or, at the epoch's end (n_steps given), its weights
+    are not finite. Its resume state stays that of the last good epoch, and no X.pt is written for it."""
+    if m.get("diverged"):
+        return True
+    step = m["bad"].item()
+    if step < 0 and n_steps is not None and not all(p.isfinite().all() for p in m["model"].state_dict().values()
+                                                     if p.is_floating_point()):
+        step = n_steps
+    if step < 0:
+        return False
+    kept = (f"{m['out'][:-3]}.last.pt keeps epoch {epoch}" if epoch else "nothing was kept")
+    m["diverged"] = (f"{m['out']}: the training diverged (loss or weights not finite) at epoch {epoch + 1} step "
+                     f"{step}, learning rate {lr:g}; {kept}. Try a lower --lr, and --force to start afresh")
+    say(m, "stopped: " + m["diverged"])
+    return True
 
 
 def say(m, line):
-    """A member's line: printed (named, in a cohort) and appended to its X.log."""
-    print(f"[{os.path.basename(m['out'])[:-3]}] {line}" if m.get("named") else line, flush=True)
+    """A member's line: printed with its name (several jobs of `make -j` share a terminal) and appended to X.log."""
+    print(f"[{_who([m])}] {line}", flush=True)
     m["log"].write(line + "\n")
     m["log"].flush()
 

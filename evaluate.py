@@ -13,10 +13,16 @@ Beyond the paper (Carlini et al. 2019, "On Evaluating Adversarial Robustness"): 
 attack run on it; a robustness curve of PGD-7 accuracy against eps; and sanity checks that flag what a sound
 evaluation never shows (e.g. accuracy rising with eps, the signature of gradient masking).
 
-Long runs print a progress line at most every PROGRESS_S seconds. A finished command (its --out newer than its
-inputs) does nothing when rerun; --force redoes it. Two runs on one --out cannot overlap: the second stops at once.
+Long runs print a progress line at most every 10 seconds, each line named by its --out. An evaluation records
+its inputs (the checkpoint's and the examples' contents, eps, steps, test images, the stronger attacks' settings,
+data): rerun with the same inputs it does nothing, with others it refuses and names the difference; --force
+redoes it. Two runs on one --out cannot overlap: the second stops at once.
 """
 import argparse
+import functools
+import hashlib
+import json
+import math
 import os
 import sys
 import time
@@ -64,6 +70,14 @@ def correct(model, x, y):
     return c.predict(model, x) == y
 
 
+def say(line):
+    """A line of this run on stdout, named by its output (several evaluations of `make -j` share a terminal)."""
+    print(f"[{WHO}] {line}", flush=True)
+
+
+WHO = "evaluate"  # main() sets it to --out's file name
+
+
 class Progress:
     """Long work shows progress: after a batch, one line if PROGRESS_S seconds have passed since the last (so a
     line after every batch when batches are slower): the attack, images done / total, elapsed and time left.
@@ -80,8 +94,8 @@ class Progress:
         if now - self.last >= PROGRESS_S:
             self.last = now
             left = (now - self.t0) * max(0, self.work - self.done) / max(self.done, 1)
-            print(f"  {what}: {images}/{self.n} images | {c._fmt_time(now - self.t0)} elapsed | "
-                  f"about {c._fmt_time(left)} left", flush=True)
+            say(f"{what}: {images}/{self.n} images | {c._fmt_time(now - self.t0)} elapsed | "
+                f"about {c._fmt_time(left)} left")
 
 
 def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
@@ -157,7 +171,7 @@ def craft_blackbox(a, device):
     x, y = load_test("cifar10", a)
     eps = a.eps / 256
     out = {"dataset": "cifar10", "source": a.craft_from, "source_arch": ck["arch"], "eps": eps, "steps": a.steps,
-           "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), **c.provenance(device)}
+           "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), "inputs": inputs(a), **c.provenance(device)}
     t0 = time.time()
     progress = Progress(len(y), len(y) * (1 + a.steps))
     with c.output_lock(a.out):
@@ -172,7 +186,7 @@ def craft_blackbox(a, device):
             out["source_acc_" + kind] = 100 * (pred == y).float().mean().item()  # in batches: 10,000 at once is GiBs
         out["source_acc_clean"] = c.accuracy(model, x, y)
         c.atomic_save(out, a.out)
-    print(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
+    say(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
           f"{time.time() - t0:.0f}s: source accuracy clean {out['source_acc_clean']:.1f}%, on its own FGSM "
           f"{out['source_acc_fgsm']:.1f}%, PGD {out['source_acc_pgd']:.1f}%; wrote {a.out}")
 
@@ -201,9 +215,17 @@ def training_record(ck):
 
 
 def main(argv=None):
+    global WHO
     a = get_args(argv)
-    if a.eps < 0 or a.steps < 1 or a.strong_steps < 1 or a.restarts < 1 or (a.limit is not None and a.limit < 1):
-        raise c.UsageError("--eps must be non-negative; --steps, --strong-steps, --restarts and --limit positive")
+    WHO = os.path.basename(a.out)
+    if not 0 <= a.eps < math.inf or a.steps < 1 or a.strong_steps < 1 or a.restarts < 1 or a.batch_size < 1 or \
+            (a.limit is not None and a.limit < 1):
+        raise c.UsageError("--eps must be non-negative; --steps, --strong-steps, --restarts, --batch-size and "
+                           "--limit positive")
+    if a.curve and not all(0 <= e < math.inf for e in a.curve_eps):
+        raise c.UsageError(f"--curve-eps {' '.join(f'{e:g}' for e in a.curve_eps)}: each eps must be non-negative "
+                           f"(in /256, e.g. --curve-eps 0 2 4 8 16 32)")
+    c.pick_device(a.device)
     if a.autoattack:  # a missing package is reported now, not after the whole evaluation
         try:
             import torchattacks  # noqa: F401
@@ -213,10 +235,11 @@ def main(argv=None):
         raise c.UsageError(f"--craft-from writes a tensor file: give --out FILE.pt, not {a.out!r}")
     if not a.craft_from and (not a.ckpt or not a.out.endswith(".json")):
         raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
-    inputs = [p for p in (a.ckpt, a.blackbox, a.craft_from) if p and os.path.exists(p)]
-    if os.path.exists(a.out) and not a.force and all(os.path.getmtime(a.out) >= os.path.getmtime(p) for p in inputs):
-        # a rerun of a finished command: nothing to redo (a retrained checkpoint is newer: it is redone)
-        print(f"{a.out} exists, newer than its inputs: nothing to do (--force redoes it)")
+    for flag, path in (("--ckpt", a.ckpt), ("--craft-from", a.craft_from)):
+        if path:
+            check_model_file(flag, path)
+    if os.path.exists(a.out) and not a.force and finished(a):
+        say(f"{a.out} exists with the same inputs: nothing to do (--force redoes it)")
         return
     c.check_writable(a.out)  # before any work: a result that cannot be saved is lost
     device = c.pick_device(a.device)
@@ -242,9 +265,72 @@ def main(argv=None):
         evaluate(a, ck, model, x, y, bb, dataset, device)
 
 
+@functools.lru_cache(maxsize=None)
+def sha256(path):
+    """The identity of an input file: its contents (a retrained checkpoint differs; a touched or copied one not)."""
+    if not path or not os.path.exists(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def inputs(a):
+    """Everything an evaluation's (or the crafting's) numbers depend on; the output records it, and a rerun with
+    other inputs is refused instead of keeping a stale result. Batch size and device change no number (beyond
+    rounding) and are not part of it."""
+    rec = {"ckpt": sha256(a.ckpt), "craft_from": sha256(a.craft_from), "blackbox": sha256(a.blackbox),
+           "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "eps": a.eps, "steps": a.steps}
+    if not a.craft_from:
+        rec.update(strong=a.strong, strong_steps=a.strong_steps if a.strong else None,
+                   restarts=a.restarts if a.strong else None, seed=a.seed, autoattack=a.autoattack,
+                   curve_eps=sorted(a.curve_eps) if a.curve else None)
+    return json.loads(json.dumps(rec))  # as read back from the JSON file
+
+
+FILE_INPUT = {"ckpt": "--ckpt (other weights)", "craft_from": "--craft-from (other weights)",
+              "blackbox": "--blackbox (other examples)"}
+
+
+def finished(a):
+    """True if --out holds a result of exactly these inputs; a UsageError naming the difference otherwise."""
+    try:
+        if a.craft_from:
+            old = torch.load(a.out, map_location="cpu", weights_only=False).get("inputs")
+        else:
+            with open(a.out) as f:
+                old = json.load(f).get("inputs")
+    except Exception as e:
+        raise c.UsageError(f"{a.out} exists but cannot be read ({type(e).__name__}); delete it, or --force to "
+                           f"replace it")
+    if old is None:
+        raise c.UsageError(f"{a.out} exists but records no inputs (an older evaluate.py wrote it); --force redoes "
+                           f"it")
+    new, g = inputs(a), lambda v: f"{v:g}" if isinstance(v, float) else v  # noqa: E731
+    diff = ", ".join(f"{FILE_INPUT[k]} {old.get(k)} -> {v}" if k in FILE_INPUT else
+                     f"--{k.replace('_', '-')} {g(old.get(k))} -> {g(v)}" for k, v in new.items() if old.get(k) != v)
+    if diff:
+        raise c.UsageError(f"{a.out} exists, made from other inputs ({diff}); pass another --out, or --force to "
+                           f"redo it")
+    return True
+
+
+def check_model_file(flag, path):
+    """A trained model, not a resume state, with finite weights: checked before any work."""
+    ck = c.load_checkpoint(path, f"{flag}")
+    if "optimizer" in ck:
+        raise c.UsageError(f"{flag} {path} is a resume state, not a trained model; pass "
+                           f"{path.replace('.last.pt', '.pt')}, the best-validation checkpoint")
+    if not all(v.isfinite().all() for v in ck["model"].values() if v.is_floating_point()):
+        raise c.UsageError(f"{flag} {path} holds weights that are not finite (its training diverged); retrain it "
+                           f"with a lower --lr")
+
+
 def evaluate(a, ck, model, x, y, bb, dataset, device):
     eps, t0, n = a.eps / 256, time.time(), len(y)
-    print(f"evaluating {a.ckpt} on {n} {dataset} test images, {c.eps_str(eps)}", flush=True)
+    say(f"evaluating {a.ckpt} on {n} {dataset} test images, {c.eps_str(eps)}")
     eps_list = sorted(int(e) if e == int(e) else e for e in a.curve_eps) if a.curve else []
     strong_cost = a.strong_steps * a.restarts if a.strong else 0
     progress = Progress(n, n * (2 + a.steps + strong_cost + a.steps * sum(e != a.eps for e in eps_list)))
@@ -301,11 +387,13 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                        **({"blackbox": {"file": a.blackbox, "source": bb["source"], "steps": bb["steps"],
                                         "source_arch": bb.get("source_arch")}} if bb is not None else {})},
            "acc": acc, "curve": curve, "flags": flags, "train": training_record(ck),
-           "eval_seed": a.seed, "wall_s": time.time() - t0, **c.provenance(device)}
+           "eval_seed": a.seed, "inputs": inputs(a), "wall_s": time.time() - t0, **c.provenance(device)}
     c.atomic_save(res, a.out)
     cols = "  ".join(f"{k} {v:.1f}%" for k, v in acc.items())
-    print(f"{cols}  ({time.time() - t0:.0f}s)" + "".join(f"\n  FLAG {f['check']}: {f['detail']}" for f in flags))
-    print(f"wrote {a.out}")
+    say(f"{cols}  ({time.time() - t0:.0f}s)")
+    for f in flags:
+        say(f"FLAG {f['check']}: {f['detail']}")
+    say(f"wrote {a.out}")
 
 def load_blackbox(path, y, a, x=None):
     if not os.path.exists(path):
@@ -340,5 +428,8 @@ def autoattack(model, x, y, eps, a, dataset):
     return torch.cat([correct(model, aa(xb, yb), yb) for xb, yb in c.batches(x, y, a.batch_size)])
 
 
+INTERRUPTED = ("interrupted; nothing was written (an evaluation or a crafting saves only when it ends): run the same "
+               "command again to redo it")
+
 if __name__ == "__main__":
-    c.run_main(main)
+    c.run_main(main, INTERRUPTED)

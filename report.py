@@ -13,6 +13,7 @@ listed with the rows it affects, and a run that departs carries a banner saying 
 """
 import argparse
 import csv
+import fnmatch
 import glob
 import json
 import math
@@ -294,7 +295,8 @@ def what_ran(g):
 
 
 def tables(g, flags, extra):
-    """table1.md's text and table1.csv's rows (every column, missing as MISSING)."""
+    """table1.md's text and table1.csv's rows (every column; a missing value is MISSING in the text, empty in the
+    CSV, so that numeric columns stay numeric)."""
     md, rows = [], []
     for k in ROWS:
         es, paper, fl = g.get(("c10", k), []), PAPER.get(k, (None,) * 5), flags.get(("c10", k), [])
@@ -303,11 +305,11 @@ def tables(g, flags, extra):
         r = {"network": name(k), "key": k, "n_seeds": len(es)}
         for c, p in zip(COLS + EXTRA, paper + (None,) * len(EXTRA)):
             s = stat(es, c)
-            r.update({c: f"{s[0]:.2f}" if s else MISSING, c + "_std": f"{s[1]:.2f}" if s and s[2] > 1 else MISSING,
+            r.update({c: f"{s[0]:.2f}" if s else "", c + "_std": f"{s[1]:.2f}" if s and s[2] > 1 else "",
                       c + "_n": s[2] if s else 0})
             if c in COLS:
-                r[c + "_paper"] = MISSING if p is None else f"{p:.1f}"
-                r[c + "_diff"] = f"{s[0] - p:+.2f}" if s and p is not None else MISSING
+                r[c + "_paper"] = "" if p is None else f"{p:.1f}"
+                r[c + "_diff"] = f"{s[0] - p:+.2f}" if s and p is not None else ""
         rows.append({**r, "flags": " ".join(fl)})
     src = []
     for k in ADV:
@@ -456,7 +458,7 @@ def heatmap(ax, blocks, cols, get):
     return im
 
 
-def figure(path, panels, cols, get):
+def figure(path, panels, cols, get, title="", note=""):
     """panels: [(title, blocks of row keys)], white lines between blocks. Returns False if no cell has data."""
     panels = [(t, [b for b in blocks if b]) for t, blocks in panels]
     if not any(get(k, c) for _, bl in panels for b in bl for k in b for c in cols):
@@ -464,48 +466,63 @@ def figure(path, panels, cols, get):
     nrows = max(sum(map(len, bl)) for _, bl in panels)
     fig, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
                              figsize=(0.8 * len(cols) * len(panels) + 1.8 * len(panels) + 1, 0.32 * nrows + 0.9))
-    for ax, (title, blocks) in zip(axes[0], panels):
+    for ax, (sub, blocks) in zip(axes[0], panels):
         im = heatmap(ax, blocks, cols, get)
-        if title:
-            ax.set_title(title, fontsize=11, pad=22)
+        if sub:
+            ax.set_title(sub, fontsize=11, pad=22)
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04 if len(panels) > 1 else 0.06, pad=0.02,
                  label="normalised per column (1 = best, 0 = worst)")
+    suptitle(fig, title, note)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return True
 
 
-def curves(path, title, keys, g, ref=None):
-    """Accuracy against eps, one line per model (the mean over seeds at each eps; colour = source, line = strategy),
-    R_ref in black for comparison. False, and nothing written, when no model has a curve."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    ticks = set()
-    for k in ([ref] if ref else []) + keys:
+def curves(path, title, panels, g, ref=None, note=""):
+    """Accuracy against eps, one panel per (title, row keys): a line per model (the mean over seeds at each eps;
+    line style = strategy), R_ref in black in every panel for comparison. False, and nothing written, when no
+    model has a curve."""
+    def points(k):
         pts = {}
         for e in g.get(("c10", k), []):
             cv = e.get("curve") or {}
             for x, y in zip(cv.get("eps_256") or [], cv.get("acc") or []):
                 pts.setdefault(x, []).extend([] if y is None else [y])
-        xs = sorted(x for x in pts if pts[x])
-        ticks.update(xs)
-        u = k.split("-")[-1]
-        kw = dict(color="black", lw=1, marker="s", label=name(k, True) + " (no transfer)") if k == ref else \
-            dict(color=COLOUR[k.split("-")[0]], ls={"1": ":", "12": "--"}.get(u, "-"), marker="o", label=name(k, True))
-        if xs:
-            ax.plot(xs, [statistics.mean(pts[x]) for x in xs], ms=3.5, **kw)
-    if ticks:
+        return {x: statistics.mean(v) for x, v in sorted(pts.items()) if v}
+    panels = [(t, [k for k in ([ref] if ref else []) + keys if points(k)]) for t, keys in panels]
+    panels = [(t, ks) for t, ks in panels if any(k != ref for k in ks) or len(panels) == 1 and ks]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True, figsize=(0.6 + 4.4 * len(panels), 3.6),
+                             layout="constrained")
+    for ax, (sub, keys) in zip(axes[0], panels):
+        ticks = set()
+        for k in keys:
+            pts = points(k)
+            ticks.update(pts)
+            kw = dict(color="black", lw=1, marker="s", label=name(k, True) + " (no transfer)") if k == ref else \
+                dict(color=COLOUR[k.split("-")[0]], ls={"1": ":", "12": "--"}.get(k.split("-")[-1], "-"), marker="o",
+                     label=name(k, True))
+            ax.plot(list(pts), list(pts.values()), ms=3.5, **kw)
         ax.set_xscale("symlog", linthresh=1, linscale=0.5)  # eps 0 and the doublings 1..32 evenly spaced
         ax.set_xticks(sorted(ticks), [f"{x:g}" for x in sorted(ticks)])
         ax.axvline(8, color="grey", lw=0.8, ls=":")
         ax.text(8, 98, "paper's eps ", fontsize=8, color="grey", va="top", ha="right")
-        ax.set(xlabel="eps (/256 on [0,1]; x2 on the paper's [-1,1] scale)", ylabel="white-box PGD accuracy (%)",
-               ylim=(0, 100), title=title)
+        ax.set(xlabel="eps (/256 on [0,1]; x2 on the paper's [-1,1])", ylim=(0, 100), title=sub)
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        ax.legend(fontsize=8, frameon=False, loc="upper right")
+    axes[0][0].set_ylabel("white-box PGD accuracy (%)")
+    suptitle(fig, title, note)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
-    return bool(ticks)
+    return True
+
+
+def suptitle(fig, title, note):
+    """A figure's title, with the run's departure from the paper's protocol under it: a figure read alone (pasted
+    into slides) must not pass for the paper's."""
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -530,7 +547,7 @@ def sanity(evals):
     return out, unchecked
 
 
-def training_curves(path, g):
+def training_curves(path, g, note=""):
     """Per model, from the per-epoch rows the training recorded: validation clean accuracy (solid), validation
     accuracy under the training attack (dashed), the train-batch PGD monitor (dotted), the kept epoch (a dot).
     One panel per row group. False, and nothing written, when no model recorded rows."""
@@ -549,7 +566,8 @@ def training_curves(path, g):
     for ax, (title, es) in zip(axes.flat, panels):
         for j, e in enumerate(es):
             t, colour = e["train"], f"C{j % 10}"
-            who = label(e).replace("CIFAR-100 source ", "") + (f" s{e['seed']}" if e["seed"] else "")
+            who = (name(e["_key"], tex=True) if e["_table"] == "c10" else label(e).replace("CIFAR-100 source ", "")) \
+                + (f" s{e['seed']}" if e["seed"] else "")
             for field, ls in (("val_clean", "-"), ("val_adv", "--"), ("train_batch_pgd", ":")):
                 pts = [(r["epoch"], r[field]) for r in t["rows"] if isinstance(r.get(field), (int, float))
                        and isinstance(r.get("epoch"), (int, float))]
@@ -565,8 +583,8 @@ def training_curves(path, g):
         ax.legend(fontsize=7, frameon=False)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("Training: validation clean (solid), validation under the training attack (dashed), "
-                 "train-batch PGD (dotted); dot = kept epoch", fontsize=10)
+    suptitle(fig, "Training: validation clean (solid), validation under the training attack (dashed), "
+                  "train-batch PGD (dotted); dot = kept epoch", note)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
@@ -588,7 +606,8 @@ def heatmaps(get):
         "fig3": ("Figure 3: per strategy, the best transfer with FGSM and with PGD target training (by WB-PGD) "
                  "against the baselines", [(None, [list(ADV), ["nat-nat-56"]] + [
                      sum((best([tkey(s, t, u) for s in ADV]) for t in ADV[1:]), []) for u in UNF])]),
-        "fig4": ("Figure 4: all rows of Table 1", [(None, table1)]),
+        "fig4": ("Figure 4: the 24 rows of the paper's Table 1 (the 6 transfers it does not show, fgsm->pgd and "
+                 "pgd->fgsm, are in table1.md and the curves)", [(None, table1)]),
         "fig5": ("Figure 5: FGSM against PGD, each panel normalised on its own",
                  [(a.upper(), [[a]] + [[tkey(s, t, u) for u in UNF] for s, t in ((a, "nat"), ("nat", a), (a, a))])
                   for a in ADV[1:]]),
@@ -654,19 +673,23 @@ def build(out, evals, run):
     t1, rows = tables(g, flags, extra)
     t1 = t1.replace("\n\n", "\n\n" + top + "\n", 1) if top else t1  # the banner right under the title
     claims, summary = claims_md(get)
+    claims = claims.replace("\n\n", "\n\n" + top + "\n", 1) if top else claims  # read alone, it says so too
+    keys = list(dict.fromkeys(SETTING[k] for k, _, _ in deps))
+    note = (f"NOT THE PAPER'S PROTOCOL ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}): see report.md"
+            if deps else "")
     with open(os.path.join(out, "table1.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    drawn = {f: (cap, figure(os.path.join(out, f + ".png"), panels, COLS + (extra if f == "fig4" else ()), get))
-             for f, (cap, panels) in heatmaps(get).items()}
+    drawn = {f: (cap, figure(os.path.join(out, f + ".png"), panels, COLS + (extra if f == "fig4" else ()), get,
+                             cap.split(" (")[0], note)) for f, (cap, panels) in heatmaps(get).items()}
     for t in (None,) + ADV:
         f, title = ("curves_baselines", "Baselines (no transfer)") if t is None else \
-            (f"curves_tgt_{t}", f"Transfers with {t} target training")
-        keys = list(ADV) if t is None else [tkey(s, t, u) for s in ADV for u in UNF]
-        drawn[f] = (title, curves(os.path.join(out, f + ".png"), title, keys, g, t))
+            (f"curves_tgt_{t}", f"Transfers with {t} target training, one panel per source (R_tgt in black)")
+        panels = [("", list(ADV))] if t is None else [(f"{s} source", [tkey(s, t, u) for u in UNF]) for s in ADV]
+        drawn[f] = (title, curves(os.path.join(out, f + ".png"), title, panels, g, t, note))
     drawn["training"] = ("Training curves per model, from the per-epoch rows each training recorded",
-                         training_curves(os.path.join(out, "training.png"), g))
+                         training_curves(os.path.join(out, "training.png"), g, note))
 
     missing = [name(k) for k in ROWS if ("c10", k) not in g]
     partial = [f"{name(k)} ({', '.join(HEAD[c] for c in COLS if not get(k, c))})" for k in ROWS
@@ -718,32 +741,38 @@ def build(out, evals, run):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory; every *.eval.json below it is read")
-    p.add_argument("--out", help="report directory (default RUN/report); replaced whole, atomically")
+    p.add_argument("--out", help="report directory (default RUN/report); its report files are replaced, each "
+                   "atomically, once the new report is complete; other files in it are left alone")
     a = p.parse_args(argv)
     evals = load(a.run)
     out = os.path.abspath(a.out or os.path.join(a.run, "report"))
     if os.path.exists(out) and not (os.path.isdir(out) and (os.path.isfile(os.path.join(out, "report.md"))
                                                              or not os.listdir(out))):
-        raise UsageError(f"--out {out} exists and is not an earlier report; it would be replaced whole, so pass a "
-                         f"new folder or an earlier report's")
-    check_writable(out)  # creates the parent folder; fails here, before the figures, when it cannot be written
+        raise UsageError(f"--out {out} exists and is not an earlier report (it has no report.md); pass a new folder "
+                         f"or an earlier report's")
+    check_writable(out)  # fails here, before the figures, when it cannot be written
     with output_lock(out):  # a second report.py on the same --out fails at once instead of interleaving
         tmp = tempfile.mkdtemp(prefix=".report-", dir=os.path.dirname(out))
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the report from the rest of the group
-        try:
+        try:  # built whole first: a failure leaves the old report as it was
             get, top = build(tmp, evals, a.run)
-            if os.path.exists(out):  # os.replace cannot put a folder over a non-empty one: move the old one aside
-                os.rename(out, tmp + ".old")
-            os.rename(tmp, out)
-            shutil.rmtree(tmp + ".old", ignore_errors=True)
-        except BaseException:
+            os.makedirs(out, exist_ok=True)
+            for f in own_files(out) - set(os.listdir(tmp)):  # an earlier report's figure that is not drawn now
+                os.remove(os.path.join(out, f))
+            for f in sorted(os.listdir(tmp), key=lambda f: f == "report.md"):  # report.md last: it marks a report
+                os.replace(os.path.join(tmp, f), os.path.join(out, f))
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            if os.path.exists(tmp + ".old") and not os.path.exists(out):
-                os.rename(tmp + ".old", out)
-            raise
     print(terminal_table(get) + "\n" + (top.replace("> ", "").replace("**", "") if top else ""))
     print(f"wrote {out}: report.md, table1.md/.csv, claims.md and figures from {len(evals)} evaluations")
 
 
+OWN = ("report.md", "table1.md", "table1.csv", "claims.md", "fig*.png", "curves_*.png", "training.png")
+
+
+def own_files(folder):
+    """The files of `folder` that a report writes (OWN); anything else there (a user's notes) is never touched."""
+    return {f for f in os.listdir(folder) if any(fnmatch.fnmatch(f, p) for p in OWN)}
+
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, "interrupted; the report folder is as it was (a new report replaces it only once complete)")

@@ -47,8 +47,9 @@ def load_source(path, a):
     if ck.get("adv", a.src) != a.src:
         raise c.UsageError(f"--init {path} was trained with --adv {ck['adv']}, not --src {a.src}; "
                            f"pass the matching source")
-    print(f"source {path}: {ck['arch']}, {ck['adv']} training, epoch {ck.get('epoch')} of "
-          f"{ck.get('args', {}).get('epochs')}, val {ck.get('metrics', {}).get('val_clean', float('nan')):.1f}% clean")
+    ck["said"] = (f"source {path}: {ck['arch']}, {ck['adv']} training, epoch {ck.get('epoch')} of "
+                  f"{ck.get('args', {}).get('epochs')}, val "
+                  f"{ck.get('metrics', {}).get('val_clean', float('nan')):.1f}% clean")
     return ck
 
 
@@ -76,7 +77,11 @@ def main(argv=None):
                 "unfreeze": f["unfreeze"], "init": init}
         members.append(c.member(model, params, a, out, info, seed=f["seed"], unfreeze=f["unfreeze"], init=init,
                                 arch=ck["arch"]))
-    print(f"transfer {a.src} -> {a.tgt}: " + "; ".join(f"unfreeze {u}: {c.UNFREEZE[u]} trains" for u in a.unfreeze))
+    who = c._who(members)
+    for ck in sources.values():
+        print(f"[{who}] {ck['said']}")
+    print(f"[{who}] transfer {a.src} -> {a.tgt}: "
+          + "; ".join(f"unfreeze {u}: {c.UNFREEZE[u]} trains" for u in a.unfreeze), flush=True)
     c.fit(members, dataset="cifar10", adv=a.tgt, freeze_bn=a.freeze_bn, **c.fit_options(a))
 
 

@@ -504,7 +504,7 @@ def test_progress_lines(class_means, fake_ckpt, tmp_path, monkeypatch, capsys):
                     "--strong-steps", "2", "--restarts", "1", "--curve-eps", "0", "8", "16")
     lines = [line for line in capsys.readouterr().out.splitlines() if "images |" in line]
     for what in ("WB-FGSM", "WB-PGD-7", "WB-strong", "curve, PGD-7 at eps 0/256", "curve, PGD-7 at eps 16/256"):
-        mine = [line for line in lines if line.strip().startswith(what)]
+        mine = [line for line in lines if line.startswith(f"[a.eval.json] {what}")]  # named by its --out
         assert [int(line.split(": ")[1].split("/")[0]) for line in mine] == [25, 50, 75, 100], (what, lines)
     assert all("/100 images" in line and "elapsed" in line and "left" in line for line in lines)
     assert not [line for line in lines if "eps 8/256" in line]  # the curve's point at eps 8 is WB-PGD, not rerun
@@ -515,8 +515,8 @@ def test_progress_lines(class_means, fake_ckpt, tmp_path, monkeypatch, capsys):
 
 
 def test_finished_evaluation_is_not_redone(class_means, fake_ckpt, tmp_path, monkeypatch, capsys):
-    """Rerunning a finished command does nothing; --force, or a checkpoint newer than the output (retrained),
-    redoes it."""
+    """Rerunning a finished command does nothing, even after a touch or a copy (same contents); other inputs (other
+    weights, eps, test images) are refused with the difference, the output kept; --force redoes it."""
     out = tmp_path / "m.eval.json"
     fake_ckpt = shutil.copy(fake_ckpt, tmp_path / "model.pt")
     evaluate_module(NearestMean(class_means), fake_ckpt, out, monkeypatch, "--no-strong", "--no-curve")
@@ -524,14 +524,26 @@ def test_finished_evaluation_is_not_redone(class_means, fake_ckpt, tmp_path, mon
     capsys.readouterr()
     calls = []
     monkeypatch.setattr(evaluate, "evaluate", lambda *args: calls.append(args))
-    evaluate.main(["--ckpt", str(fake_ckpt), "--out", str(out), *SYN])
-    assert "exists" in capsys.readouterr().out and calls == []
-    assert out.read_text() == before and out.stat().st_mtime_ns == mtime
-    evaluate.main(["--ckpt", str(fake_ckpt), "--out", str(out), "--force", *SYN])  # --force redoes it
+    evaluate.sha256.cache_clear()
+    run = lambda *extra: evaluate.main(["--ckpt", str(fake_ckpt), "--out", str(out), *SYN,  # noqa: E731
+                                        "--limit", "100", "--no-strong", "--no-curve", *extra])
+    os.utime(fake_ckpt, (out.stat().st_mtime + 10,) * 2)  # touched: newer, the same weights
+    run()
+    assert "exists with the same inputs: nothing to do" in capsys.readouterr().out and calls == []
+    for extra, says in ((["--eps", "4"], "--eps 8 -> 4"), (["--limit", "50"], "--limit 100 -> 50"),
+                        (["--strong"], "--strong False -> True")):
+        with pytest.raises(c.UsageError, match="made from other inputs") as e:
+            run(*extra)
+        assert says in str(e.value) and "--force" in str(e.value)
+    ck = torch.load(fake_ckpt, weights_only=False)
+    ck["model"] = {"w": torch.ones(1)}
+    torch.save(ck, fake_ckpt)  # retrained: other weights under the same name
+    evaluate.sha256.cache_clear()
+    with pytest.raises(c.UsageError, match=r"--ckpt \(other weights\)"):
+        run()
+    assert out.read_text() == before and out.stat().st_mtime_ns == mtime and calls == []
+    run("--force")  # --force redoes it
     assert len(calls) == 1
-    os.utime(fake_ckpt, (out.stat().st_mtime + 10,) * 2)  # the checkpoint retrained since
-    evaluate.main(["--ckpt", str(fake_ckpt), "--out", str(out), *SYN])
-    assert len(calls) == 2
 
 
 def test_a_second_evaluation_on_the_same_out_is_refused(class_means, fake_ckpt, tmp_path, monkeypatch):

@@ -105,12 +105,12 @@ def test_table1_rows_values_and_missing(tmp_path):
     assert (r["pgd-pgd-56"]["wb_pgd"], r["pgd-pgd-56"]["wb_pgd_paper"], r["pgd-pgd-56"]["wb_pgd_diff"]) == \
         ("44.00", "41.3", "+2.70")
     assert r["nat"]["clean"] == "92.50" and r["nat"]["clean_paper"] == "92.5" and r["nat"]["clean_diff"] == "+0.00"
-    # a missing row and a missing cell are '–', never 0
-    assert all(r["nat-pgd-1"][c] == "–" for c in report.COLS + report.EXTRA)
+    # a missing row and a missing cell are empty (numeric columns stay numeric), never 0
+    assert all(r["nat-pgd-1"][c] == "" for c in report.COLS + report.EXTRA)
     assert r["nat-pgd-1"]["clean_paper"] == "52.2"
-    assert r["pgd"]["bb_fgsm"] == "–" and r["pgd"]["bb_fgsm_diff"] == "–" and r["pgd"]["bb_pgd"] == "82.10"
+    assert r["pgd"]["bb_fgsm"] == "" and r["pgd"]["bb_fgsm_diff"] == "" and r["pgd"]["bb_pgd"] == "82.10"
     # the 6 transfers the paper did not show have no paper value
-    assert r["fgsm-pgd-12"]["clean_paper"] == "–" and r["fgsm-pgd-12"]["clean"] == "80.00"
+    assert r["fgsm-pgd-12"]["clean_paper"] == "" and r["fgsm-pgd-12"]["clean"] == "80.00"
     md = read(out, "table1.md")
     line = next(l for l in md.splitlines() if "`R_{nat->pgd} 1`" in l)
     cells = [c.strip() for c in line.split("|")[3:10]]  # Clean .. Worst: reproduced part missing, paper kept
@@ -132,7 +132,7 @@ def test_seeds_mean_std_n(tmp_path):
     # mean 83, sample std sqrt((9 + 1 + 16) / 2) = 3.606; WB-PGD mean 33, std 3
     assert (r["n_seeds"], r["clean"], r["clean_std"], r["clean_n"]) == ("3", "83.00", "3.61", "3")
     assert (r["wb_pgd"], r["wb_pgd_std"], r["wb_pgd_diff"]) == ("33.00", "3.00", "-3.10")
-    assert rows(out)["nat"]["clean_std"] == "–"  # one seed: the value alone
+    assert rows(out)["nat"]["clean_std"] == ""  # one seed: the value alone
     md = read(out, "table1.md")
     line = next(l for l in md.splitlines() if "`R_pgd`" in l)
     assert "| 3 |" in line and "83.0 ± 3.6 (83.9, -0.9)" in line and "33.0 ± 3.0 (36.1, -3.1)" in line
@@ -242,7 +242,7 @@ def test_partial_run_skips_empty_figures(tmp_path):
     assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["fig3.png", "fig4.png", "fig5.png",
                                                                         "training.png"]
     r = rows(out)
-    assert r["pgd-pgd-12"]["clean"] == "81.30" and r["pgd"]["clean"] == "–" and r["pgd"]["n_seeds"] == "0"
+    assert r["pgd-pgd-12"]["clean"] == "81.30" and r["pgd"]["clean"] == "" and r["pgd"]["n_seeds"] == "0"
     rep = read(out, "report.md")
     assert "28 of the 30 CIFAR-10 rows have no evaluation" in rep and "fig2.png: not drawn" in rep
     assert "WB-strong" not in read(out, "table1.md")
