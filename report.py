@@ -507,7 +507,7 @@ def curves(path, title, panels, g, ref=None, note=""):
         ax.set_xscale("symlog", linthresh=1, linscale=0.5)  # eps 0 and the doublings 1..32 evenly spaced
         ax.set_xticks(sorted(ticks), [f"{x:g}" for x in sorted(ticks)])
         ax.axvline(8, color="grey", lw=0.8, ls=":")
-        ax.text(8, 98, "paper's eps ", fontsize=8, color="grey", va="top", ha="right")
+        ax.text(8, 50, "paper's eps ", fontsize=8, color="grey", va="center", ha="right", rotation=90)
         ax.set(xlabel="eps (/256 on [0,1]; x2 on the paper's [-1,1])", ylim=(0, 100), title=sub)
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
