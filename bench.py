@@ -282,8 +282,9 @@ def columns(a):
 
 def estimate(rows, arch, seeds=1, grid=c.GRID):
     """Hours of `make all` on one device from the measured rates, the Makefile's DAG counted from common.GRID (or
-    another grid of the same keys: depth_estimate's) and the scripts' defaults. Each job is one process: sources and baselines cohorts of `seeds` models, transfers
-    cohorts of 3 strategies x `seeds` (their members all counted at unfreeze-56 cost: an upper bound). Processes
+    another grid of the same keys: depth_estimate's) and the scripts' defaults. Each job is one process: sources
+    and baselines cohorts of `seeds` models, transfers cohorts of 3 strategies x `seeds` (their members all counted
+    at unfreeze-56 cost: an upper bound). Processes
     sharing one GPU time-slice it (no gain measured), so one GPU's time is the sum of the jobs'. The DAG's critical
     path (sources, then transfers, then evaluations, each stage's jobs all at once) is what enough GPUs would take.
     """
@@ -379,8 +380,8 @@ def main(argv=None):
     print(f"  {'total, one device':33s} {est['total_h']:10.2f} h  (jobs sharing a GPU time-slice it: the sum)")
     print(f"  {'critical path of the DAG':33s} {est['critical_path_h']:10.2f} h  (a GPU per job)")
     dep = depth_estimate(rows, a.arch)
-    print(f"`make depth SRC=... TGT=...` ({len(c.DEPTH_SWEEP)} depths: {' '.join(map(str, c.DEPTH_SWEEP))}; one cohort, "
-          f"members at full cost) per target training, beyond `make all`'s sources, baselines and DenseNet:")
+    print(f"`make depth SRC=... TGT=...` ({len(c.DEPTH_SWEEP)} depths: {' '.join(map(str, c.DEPTH_SWEEP))}; one "
+          f"cohort, members at full cost) per target training, beyond `make all`'s sources, baselines and DenseNet:")
     print("  " + ", ".join(f"TGT={t}: {h:.2f} h" for t, h in dep.items()))
     prov["loadavg_after"] = os.getloadavg()
     result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops, "rows": rows,
