@@ -829,10 +829,10 @@ def combine(verdicts):
 
 
 def reading(g, s, t, nb, rows, margin):
-    """The paper's reading on one curve: markdown lines, and {'BB' | 'WB': verdict up to the last stage}."""
+    """The paper's reading on one curve, as markdown lines."""
     ref, last = g.get(("c10", s), []), nb // 3
     stage = [u for u, _ in rows if 1 <= common.depth_k(u, nb) <= last]  # b1 .. 12: the lower stages frozen
-    table, lines, out = [], [], {}
+    table, lines = [], []
     for grp, cols in READING.items():
         held, paper, per_col = [], [], []
         for col in cols:
@@ -848,11 +848,10 @@ def reading(g, s, t, nb, rows, margin):
                 f"falls from {f}: contradicted there and at every deeper depth evaluated" if f is not None else
                 f"does not fall within the depths evaluated (the deepest, {tested[-1][0]}: {tested[-1][1]})"
                 if tested else "nothing to compare (a depth or R_src not evaluated)"))
-        out[grp] = combine(held)
         at12 = [compare([(1, dict(rows).get(12, []), col)], [(1, ref, col)], -margin, "greater")[2] for col in cols]
         lines += [f"- **{grp}** ({' and '.join(HEAD[x] for x in cols)}) within {margin:g} points of R_{s} at every "
                   f"depth up to the last stage ({', '.join(map(str, stage)) or 'none of b1 to 12 swept'}): "
-                  f"**{out[grp]}**. At the last stage itself (12): {combine(at12)}"
+                  f"**{combine(held)}**. At the last stage itself (12): {combine(at12)}"
                   + (f"; the paper's Table 1 there: {combine(paper)}." if paper else ".")] + per_col
     return ([f"### The paper's reading, tested on this curve\n",
              "Sec. 3.1: unfreezing the last block \"resulted in an almost complete transfer of the defence against BB "
@@ -866,7 +865,7 @@ def reading(g, s, t, nb, rows, margin):
              "A group's verdict over several depths combines them as the claims do: it holds when all hold, is "
              "contradicted when any is, and is inconclusive otherwise (not testable when a depth or R_src was not "
              "evaluated, unless another depth already contradicts it).\n",
-             md_table(["column"] + [f"{u} (K {common.depth_k(u, nb)})" for u, _ in rows], table)] + lines, out)
+             md_table(["column"] + [f"{u} (K {common.depth_k(u, nb)})" for u, _ in rows], table)] + lines)
 
 
 def depth_figure(path, curves_, margin, note=""):
@@ -948,6 +947,21 @@ def depth_figure(path, curves_, margin, note=""):
     plt.close(fig)
 
 
+def pair_md(g, s, t, nb, rows, refs, margin):
+    """depth.md's section of one source x target: every depth's row, the models without transfer, the reading."""
+    params = {u: n for u, _, _, n in common.depth_table(next(e["arch"] for _, es in rows for e in es))}
+    depth_rows = [[f"`{u}`", common.depth_k(u, nb), common.describe_unfreeze(u),
+                   f"{params[u]:,}" if u in params else MISSING, len(es)]
+                  + [fmt(stat(es, x), paper_value(tkey(s, t, u), x), len(es)) for x in DEPTH_COLS] for u, es in rows]
+    ref_rows = [[nm, len(es)] + [fmt(stat(es, x), paper_value(nm[2:], x) if nm.startswith("R_") else None, len(es))
+                                 for x in DEPTH_COLS] for nm, es in refs.items()]
+    return [f"## R_{{{s}->{t}}}: the {SOURCE[s]} source, {TARGET[t]} training on CIFAR-10\n",
+            md_table(["depth", "K", "trains", "parameters", "n"] + [HEAD[x] for x in DEPTH_COLS], depth_rows),
+            "\nWithout transfer: the CIFAR-10 baselines, and the source on its own CIFAR-100 test set.\n",
+            md_table(["model", "n"] + [HEAD[x] for x in DEPTH_COLS], ref_rows), ""] \
+        + reading(g, s, t, nb, rows, margin) + [""]
+
+
 def depth_report(a):
     """report.py --depth: depth.md and depth.png in --out (default RUN/depth), written atomically."""
     asked = [common.parse_unfreeze(u) for u in a.unfreeze]
@@ -969,20 +983,8 @@ def depth_report(a):
                 refs[f"source {s} on CIFAR-100"] = g[("src", s)]
             curves_.append(dict(src=s, tgt=t, nb=nb, rows=rows, refs=refs))
             used += [e for _, es in rows for e in es] + [e for es in refs.values() for e in es]
-            params = {u: n for u, _, _, n in common.depth_table(next(e["arch"] for _, es in rows for e in es))}
-            text += [f"## R_{{{s}->{t}}}: the {SOURCE[s]} source, {TARGET[t]} training on CIFAR-10\n",
-                     md_table(["depth", "K", "trains", "parameters", "n"] + [HEAD[x] for x in DEPTH_COLS],
-                              [[f"`{u}`", common.depth_k(u, nb), common.describe_unfreeze(u),
-                                f"{params[u]:,}" if u in params else MISSING, len(es)]
-                               + [fmt(stat(es, x), paper_value(tkey(s, t, u), x), len(es)) for x in DEPTH_COLS]
-                               for u, es in rows]),
-                     "\nWithout transfer: the CIFAR-10 baselines, and the source on its own CIFAR-100 test set.\n",
-                     md_table(["model", "n"] + [HEAD[x] for x in DEPTH_COLS],
-                              [[nm, len(es)] + [fmt(stat(es, x), paper_value(nm[2:], x) if nm.startswith("R_")
-                                                    else None, len(es)) for x in DEPTH_COLS]
-                               for nm, es in refs.items()]), ""]
-            lines, _ = reading(g, s, t, nb, rows, a.margin)
-            text += lines + [""]
+            text += pair_md(g, s, t, nb, rows, refs, a.margin)
+    used = list({id(e): e for e in used}.values())  # a baseline serves every pair
     if not curves_:
         raise UsageError(f"no evaluated transfer of {', '.join(empty) or 'any source x target'} under {a.run}; run "
                          f"`make depth SRC=... TGT=...` (or evaluate.py on the transfers) first")
