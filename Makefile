@@ -22,6 +22,11 @@ SRC      ?= nat fgsm pgd
 TGT      ?= nat fgsm pgd
 # the three strategies
 UNFREEZE ?= 1 12 56
+# every allowed depth (common.DEPTHS): the paper's 1, 12, 56 and bK, the last K of ResNet56's 27 residual blocks and
+# the head (b9 is 12; README: the table of depths)
+UNFREEZE_OK := 1 b1 b2 b3 b4 b5 b6 b7 b8 12 b10 b11 b12 b13 b14 b15 b16 b17 b18 b19 b20 b21 b22 b23 b24 b25 b26 b27 56
+# the depths `make depth` sweeps for each source x target (one cohort), head only to everything
+DEPTHS   ?= 1 b1 b3 b6 12 b14 b18 56
 # CIFAR-10 baselines without transfer
 BASE     ?= nat fgsm pgd
 # several seeds: the report shows mean ± std and n
@@ -63,7 +68,6 @@ GPULOCK = bash -c 'while :; do for g in $$(seq 0 $$(($(NGPU) - 1))); do for s in
 
 # ---- checks: a bad variable stops make before the first job, with one line naming it ------------------------
 ADV_OK      := nat fgsm pgd
-UNFREEZE_OK := 1 12 56
 ARCH_OK     := $(addprefix resnet,$(shell seq 8 6 1202))
 , := ,
 not_int = $(strip $(foreach w,$(1),$(if $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst \
@@ -72,10 +76,11 @@ not_one_int = $(or $(call not_int,$(1)),$(filter-out 1,$(words $(1))))
 bad = $(error $(1))
 $(foreach v,SRC TGT BASE,$(if $(filter-out $(ADV_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one of \
   $(ADV_OK))))
-$(if $(filter-out $(UNFREEZE_OK),$(UNFREEZE)),$(call bad,UNFREEZE=$(UNFREEZE): each must be one of $(UNFREEZE_OK)))
+$(foreach v,UNFREEZE DEPTHS,$(if $(filter-out $(UNFREEZE_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one \
+  of $(UNFREEZE_OK) (transfer.py --unfreeze; README$(,) "Where robustness lives"))))
 $(if $(or $(call not_int,$(SEEDS)),$(if $(SEEDS),,empty)),$(call bad,SEEDS=$(SEEDS): one or more non-negative \
   integers$(,) e.g. SEEDS="0 1 2"))
-$(foreach v,SRC TGT UNFREEZE BASE SEEDS,$(if $(filter-out $(words $($(v))),$(words $(sort $($(v))))),$(call \
+$(foreach v,SRC TGT UNFREEZE DEPTHS BASE SEEDS,$(if $(filter-out $(words $($(v))),$(words $(sort $($(v))))),$(call \
   bad,$(v)=$($(v)) names a value twice)))
 $(if $(call not_one_int,$(BB_SEED)),$(call bad,BB_SEED=$(BB_SEED): one non-negative integer))
 $(foreach v,EPOCHS_SRC EPOCHS_TL EPOCHS_BB,$(if $(or $(call not_one_int,$($(v))),$(filter 0,$($(v)))),$(call \
@@ -113,6 +118,7 @@ help:
 	@echo "make test       the tests (includes make smoke)"
 	@echo "make all        the paper on a GPU: 3 sources, 3 baselines, 27 transfers, DenseNet121, evaluations, report"
 	@echo "make mini DATA=FOLDER   the whole grid on small real subsets (npz), scaled down, on a GPU -> runs/mini"
+	@echo "make depth SRC=pgd TGT=nat   robustness against unfreezing depth (DEPTHS), one cohort -> $(R)/depth"
 	@echo "make bench      training/evaluation throughput: eager, captured, cohorts, a plain PyTorch reference"
 	@echo "make test-slurm make smoke through a private single-node SLURM (installs slurm-wlm and munge)"
 	@echo "make gpu-check DATA=FOLDER   on a CUDA machine: GPU tests, bench, a timed make mini"
@@ -182,6 +188,16 @@ $(R)/blackbox/%.eval.json: $(R)/blackbox/%.pt | evaluate.py common.py
 $(R)/report/report.md: $(EVALS) | report.py
 	$(PY) report.py --run $(R) --out $(R)/report
 
+# ---- depth sweep -------------------------------------------------------------------------------------------
+# Where robustness lives: each source x target transferred at every depth of DEPTHS, trained as one cohort by the
+# transfer rule above (a sub-make with UNFREEZE = DEPTHS; 1, 12, 56 are the grid's own models, reused when built),
+# evaluated as every model, then depth.png and depth.md in $(R)/depth/. The report runs every time: it is cheap
+# and shows exactly the depths asked for.
+.PHONY: depth
+depth: | $(VENV)
+	$(MAKE) --no-print-directory UNFREEZE='$(DEPTHS)' evals
+	$(PY) report.py --depth --run $(R) --src $(SRC) --tgt $(TGT) --unfreeze $(DEPTHS) --out $(R)/depth
+
 # ---- smoke, tests, benchmark -------------------------------------------------------------------------------
 # The same DAG on built-in synthetic data with tiny settings, in its own output tree, on CPU.
 SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EPOCHS_BB=1 SEEDS=0 \
@@ -192,9 +208,12 @@ SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=1 EP
 SMOKE_LAUNCH ?=
 # One thread per job and one job per core: small models gain nothing from intra-op threads.
 NPROC := $(shell nproc 2>/dev/null || echo 2)
+# then a 3-depth sweep of pgd -> nat (1 and 56 are the grid's: one more model trains), after the grid, as its own step
+SMOKE_DEPTH = SRC=pgd TGT=nat DEPTHS='1 b2 56'
 smoke: | $(VENV)
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(NPROC) $(SMOKE) all
-	@echo "smoke report: $(SMOKE_RUN)/report/report.md"
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(NPROC) $(SMOKE) $(SMOKE_DEPTH) depth
+	@echo "smoke report: $(SMOKE_RUN)/report/report.md; depth sweep: $(SMOKE_RUN)/depth/depth.md"
 
 # The whole grid on real images at a small scale: a folder of cifar10/cifar100_{train,test}.npz (e.g. 8,000 + 1,000
 # images each), the protocol's schedule shape at 10/4/6 epochs, every test image of the folder, a lighter strong

@@ -280,10 +280,11 @@ def columns(a):
     return ["reference", "eager"] + (["captured"] if cuda else []) + [f"cohort{k}" for k in a.cohorts]
 
 
-def estimate(rows, arch, seeds=1):
-    """Hours of `make all` on one device from the measured rates, the Makefile's DAG counted from common.GRID and
-    the scripts' defaults. Each job is one process: sources and baselines cohorts of `seeds` models, transfers
-    cohorts of 3 strategies x `seeds` (their members all counted at unfreeze-56 cost: an upper bound). Processes
+def estimate(rows, arch, seeds=1, grid=c.GRID):
+    """Hours of `make all` on one device from the measured rates, the Makefile's DAG counted from common.GRID (or
+    another grid of the same keys: depth_estimate's) and the scripts' defaults. Each job is one process: sources
+    and baselines cohorts of `seeds` models, transfers cohorts of 3 strategies x `seeds` (their members all counted
+    at unfreeze-56 cost: an upper bound). Processes
     sharing one GPU time-slice it (no gain measured), so one GPU's time is the sum of the jobs'. The DAG's critical
     path (sources, then transfers, then evaluations, each stage's jobs all at once) is what enough GPUs would take.
     """
@@ -303,25 +304,34 @@ def estimate(rows, arch, seeds=1):
         mon = N_MON * per_image(net, "eval/pgd", 1) if adv != "nat" else 0
         return epochs * k * (n_train * per_image(net, f"train/{adv}", k) + n_val * val + mon)
 
-    stages = {"sources + baselines": [training(arch, adv, ep_src, seeds) for adv in c.GRID["sources"]]
-              + [training(arch, adv, ep_src, seeds) for adv in c.GRID["baselines"]],
-              "transfers": [training(arch, t, ep_tl, len(c.GRID["unfreeze"]) * seeds)
-                            for _, t in c.GRID["transfer cohorts"]]}
+    stages = {"sources + baselines": [training(arch, adv, ep_src, seeds) for adv in grid["sources"]]
+              + [training(arch, adv, ep_src, seeds) for adv in grid["baselines"]],
+              "transfers": [training(arch, t, ep_tl, len(grid["unfreeze"]) * seeds)
+                            for _, t in grid["transfer cohorts"]]}
     e = lambda what: per_image(arch, f"eval/{what}", 1)  # noqa: E731
-    n_evals = seeds * (len(c.GRID["sources"]) + len(c.GRID["baselines"])
-                       + len(c.GRID["transfer cohorts"]) * len(c.GRID["unfreeze"]))
-    n_bb = n_evals - seeds * len(c.GRID["sources"])  # CIFAR-10 models classify the black-box sets
+    n_evals = seeds * (len(grid["sources"]) + len(grid["baselines"])
+                       + len(grid["transfer cohorts"]) * len(grid["unfreeze"]))
+    n_bb = n_evals - seeds * len(grid["sources"])  # CIFAR-10 models classify the black-box sets
     strong = ev.restarts * (ev.strong_steps * (e("pgd") - e("clean")) / ev.steps + e("clean"))  # every image, bound
     one_eval = N_TEST * (e("clean") + e("fgsm") + e("pgd") + strong + (len(ev.curve_eps) - 1) * e("pgd"))
     stages["evaluations"] = [one_eval] * n_evals + [2 * N_TEST * e("clean")] * n_bb
-    if "densenet121/train/nat" in rows:  # trained beside the sources; then crafts the black-box sets
+    if "densenet121/train/nat" in rows and grid.get("blackbox", True):  # beside the sources; crafts the BB sets
         ep_bb = train_blackbox.get_args([]).epochs
         d = lambda what: per_image("densenet121", f"eval/{what}", 1)  # noqa: E731
         stages["sources + baselines"].append(training("densenet121", "nat", ep_bb, 1))
         stages["evaluations"].append(N_TEST * (2 * (d("fgsm") + d("pgd")) + d("clean")))
     return {"stages_h": {k: sum(v) / 3600 for k, v in stages.items()}, "total_h": sum(map(sum, stages.values())) / 3600,
-            "critical_path_h": sum(max(v) for v in stages.values()) / 3600,
+            "critical_path_h": sum(max(v, default=0) for v in stages.values()) / 3600,
             "jobs": {k: len(v) for k, v in stages.items()}}
+
+
+def depth_estimate(rows, arch, seeds=1, depths=c.DEPTH_SWEEP):
+    """Hours of `make depth SRC=s TGT=t` on one device, per target training: one cohort of every depth x seed (each
+    member counted at unfreeze-56 cost: an upper bound, a frozen layer needs no weight gradients) and their
+    evaluations; its source, the baselines and the DenseNet are `make all`'s (its first stage), and a depth the grid
+    already trained (1, 12, 56) is reused, not retrained."""
+    return {t: estimate(rows, arch, seeds, {"sources": (), "baselines": (), "transfer cohorts": [("src", t)],
+                                            "unfreeze": depths, "blackbox": False})["total_h"] for t in c.ADV}
 
 
 def cpu_name():
@@ -369,9 +379,13 @@ def main(argv=None):
         print(f"  {k:24s} {est['jobs'][k]:3d} jobs {h:10.2f} h")
     print(f"  {'total, one device':33s} {est['total_h']:10.2f} h  (jobs sharing a GPU time-slice it: the sum)")
     print(f"  {'critical path of the DAG':33s} {est['critical_path_h']:10.2f} h  (a GPU per job)")
+    dep = depth_estimate(rows, a.arch)
+    print(f"`make depth SRC=... TGT=...` ({len(c.DEPTH_SWEEP)} depths: {' '.join(map(str, c.DEPTH_SWEEP))}; one "
+          f"cohort, members at full cost) per target training, beyond `make all`'s sources, baselines and DenseNet:")
+    print("  " + ", ".join(f"TGT={t}: {h:.2f} h" for t, h in dep.items()))
     prov["loadavg_after"] = os.getloadavg()
     result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops, "rows": rows,
-              "make_all": est}
+              "make_all": est, "make_depth_h": dep}
     c.atomic_save(result, a.out)
     print(f"wrote {a.out}")
     return result

@@ -523,23 +523,80 @@ def make_step(models, opts, adv, eps=EPS, steps=7, random_start=False, label_fix
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Freezing: the paper's three transfer strategies (Sec. 2.1) as the authors' code implemented them.
+# Freezing: the paper's three transfer strategies (Sec. 2.1) as the authors' code implemented them, and the depths
+# between them, all on one scale: bK = the last K of the residual blocks (counted from the output) plus the head,
+# the stem counted last. On ResNet56 (27 blocks) the paper's three are points of it: 1 = b0 (the head), 12 = b9 (all
+# of layer3, as the authors' code; the paper's "last block"), 56 = b28 (everything, the stem the 28th unit). Those
+# three keep their paper labels and bK names only the depths between, so each depth has one name in flags,
+# checkpoint names, recorded arguments and the report. README: the table K -> weight layers -> parameters.
 
 UNFREEZE = {1: "the new head only", 12: "the last stage (layer3) and the head", 56: "every layer"}
+PAPER_K = {1: 0, 12: 9, 56: 28}  # the paper's depths on ResNet56's scale of K
+# every allowed --unfreeze, shallow to deep (the Makefile's UNFREEZE_OK is this list)
+DEPTHS = (1, *(f"b{k}" for k in range(1, 9)), 12, *(f"b{k}" for k in range(10, 28)), 56)
+DEPTH_SWEEP = (1, "b1", "b3", "b6", 12, "b14", "b18", 56)  # `make depth`'s default DEPTHS: head to everything
+
+
+def parse_unfreeze(u):
+    """A --unfreeze value as it is recorded: 1, 12, 56 (int) or 'bK' (str, 1 <= K <= 27, K != 9)."""
+    s = str(u)
+    if s in ("1", "12", "56"):
+        return int(s)
+    k = int(s[1:]) if s[:1] == "b" and s[1:].isdigit() else None
+    paper = {v: p for p, v in PAPER_K.items()}.get(k)
+    if paper is not None:
+        raise UsageError(f"--unfreeze {s} is the paper's {paper}: {UNFREEZE[paper]}; write {paper}, so that one "
+                         f"depth has one name")
+    if k is None or not 1 <= k <= 27 or s != f"b{k}":
+        raise UsageError(f"--unfreeze {s}: use 1, 12 or 56 (the paper's three strategies) or bK, the last K of "
+                         f"ResNet56's 27 residual blocks plus the head (K = 1..27 but 9, which is 12), e.g. b3")
+    return s
+
+
+def depth_k(unfreeze, n_blocks=27):
+    """A depth's place on the scale, in residual blocks unfrozen from the output: 1 -> 0, 12 -> the last stage's
+    blocks (9 on ResNet56), 56 -> all blocks + 1 (the stem), bK -> K. n_blocks: the ResNet's (27 for ResNet56)."""
+    u = parse_unfreeze(unfreeze)
+    return {1: 0, 12: n_blocks // 3, 56: n_blocks + 1}[u] if isinstance(u, int) else int(u[1:])
+
+
+def describe_unfreeze(unfreeze):
+    """What a depth trains, in words."""
+    u = parse_unfreeze(unfreeze)
+    if isinstance(u, int):
+        return UNFREEZE[u]
+    return "the last residual block and the head" if u == "b1" else f"the last {u[1:]} residual blocks and the head"
 
 
 def freeze(model, unfreeze):
-    """Set requires_grad for 1 (head), 12 (layer3 + head: the authors' loop unfreezes all of layer3, which the
-    paper calls 'the last block') or 56 (everything). Returns the trainable parameters for the optimiser."""
-    if unfreeze not in UNFREEZE:
-        raise UsageError(f"--unfreeze must be 1, 12 or 56 (the paper's three strategies), got {unfreeze}")
-    train = {1: (model.linear,), 12: (model.layer3, model.linear), 56: (model,)}[unfreeze]
+    """Set requires_grad for a depth (parse_unfreeze): 1 (the head), 12 (layer3 + head: the authors' loop unfreezes
+    all of layer3, which the paper calls 'the last block'), 56 (everything) or bK (the last K residual blocks and
+    the head). Returns the trainable parameters for the optimiser."""
+    blocks = [*model.layer1, *model.layer2, *model.layer3]  # forward order: the last K are blocks[len - K:]
+    k = depth_k(unfreeze, len(blocks))
+    if isinstance(parse_unfreeze(unfreeze), str) and k > len(blocks):  # a smaller ResNet than ResNet56
+        raise UsageError(f"--unfreeze {unfreeze}: this ResNet has {len(blocks)} residual blocks; use a bK with K <= "
+                         f"{len(blocks)}, or 56 for everything")
+    train = [model] if k == len(blocks) + 1 else [model.linear, *blocks[len(blocks) - k:]]
     for p in model.parameters():
         p.requires_grad_(False)
     for m in train:
         for p in m.parameters():
             p.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def depth_table(arch="resnet56", num_classes=10):
+    """[(depth, K, trainable weight layers, trainable parameters)] for every allowed depth (README's table)."""
+    model, rows = build_model(arch, num_classes), []
+    n_blocks = len([*model.layer1, *model.layer2, *model.layer3])
+    for u in DEPTHS:
+        if isinstance(u, str) and depth_k(u) > n_blocks:
+            continue  # beyond a smaller ResNet's blocks
+        params = freeze(model, u)
+        layers = sum(m.weight.requires_grad for m in weight_layers(model))
+        rows.append((u, depth_k(u, n_blocks), layers, sum(p.numel() for p in params)))
+    return sorted(rows, key=lambda r: r[1])
 
 
 # The paper's grid as the Makefile builds it by default; bench.py's estimate counts from here.

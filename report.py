@@ -28,6 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402  (the depth scale of `make depth`: parse_unfreeze, depth_k, depth_table)
+
 from common import COLLAPSE, UsageError, binomial_se, check_writable, eps_str, output_lock, run_main  # noqa: E402
 
 ADV, UNF = ("nat", "fgsm", "pgd"), (1, 12, 56)
@@ -179,10 +181,10 @@ def label(e):  # any evaluated model, for messages
     return {"c10": name(e["_key"]), "src": f"CIFAR-100 source {e['_key']}", "bb": "DenseNet121"}[e["_table"]]
 
 
-def order(e):  # Table 1's rows, then the CIFAR-100 sources, then the DenseNet; seeds in order
+def order(e):  # Table 1's rows (then a depth sweep's other depths), the CIFAR-100 sources, the DenseNet; by seed
     return ({"c10": 0, "src": 1, "bb": 2}[e["_table"]],
-            ROWS.index(e["_key"]) if e["_table"] == "c10" else ADV.index(e["_key"]) if e["_table"] == "src" else 0,
-            e["seed"])
+            (ROWS.index(e["_key"]) if e["_key"] in ROWS else depth_order(e)) if e["_table"] == "c10"
+            else ADV.index(e["_key"]) if e["_table"] == "src" else 0, e["seed"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def check(e, p):
         raise bad("no 'acc' object")
     role = e.get("role")
     if role == "transfer":
-        if e.get("src") not in ADV or e.get("tgt") not in ADV or e.get("unfreeze") not in UNF:
+        if e.get("src") not in ADV or e.get("tgt") not in ADV or not is_depth(e.get("unfreeze")):
             raise bad(f"transfer with src={e.get('src')!r} tgt={e.get('tgt')!r} unfreeze={e.get('unfreeze')!r}")
         e["_table"], e["_key"] = "c10", tkey(e["src"], e["tgt"], e["unfreeze"])
     elif role in ("baseline", "source"):
@@ -738,12 +740,321 @@ def build(out, evals, run):
     return get, top
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The depth sweep (`make depth`, report.py --depth): the evaluation's columns against how much of the source is
+# unfrozen, on common.freeze's one scale (bK: the last K residual blocks and the head; the paper's 1, 12 and 56 are
+# K = 0, 9 and 28 of ResNet56), and the paper's reading of Sec. 3.1 tested on that curve. It reads the same
+# evaluations as the report above and shares its statistics (stat) but none of Table 1's machinery.
+
+DEPTH_COLS = COLS + ("wb_strong",)
+DEPTH_COLOUR = {"clean": "black", "bb_fgsm": "tab:cyan", "bb_pgd": "tab:blue", "wb_fgsm": "tab:orange",
+                "wb_pgd": "tab:red", "wb_strong": "tab:purple"}
+DEPTH_PANELS = (("clean and black-box", ("clean", "bb_fgsm", "bb_pgd")), ("white-box", ("wb_fgsm", "wb_pgd",
+                                                                                         "wb_strong")))
+READING = {"BB": ("bb_fgsm", "bb_pgd"), "WB": ("wb_fgsm", "wb_pgd")}
+SOURCE = {"nat": "naturally trained", "fgsm": "FGSM-trained", "pgd": "PGD-trained"}
+TARGET = {"nat": "natural", "fgsm": "FGSM", "pgd": "PGD"}
+DEPTH_MARGIN = 2.0  # points: claim 3's "nearly all" (R_{pgd->nat} 12 keeps BB-PGD within 2 points of R_pgd)
+
+
+def is_depth(u):
+    """A recorded unfreeze value: 1, 12, 56 (int) or 'bK' (str), exactly as transfer.py records it."""
+    try:
+        return common.parse_unfreeze(u) == u
+    except UsageError:
+        return False
+
+
+def n_blocks(arch):
+    """Residual blocks of a CIFAR ResNet (27 for ResNet56), the length of the depth scale."""
+    return (int(arch[6:]) - 2) // 2 if str(arch).startswith("resnet") and str(arch)[6:].isdigit() else 27
+
+
+def depth_order(e):  # a transfer that is no row of Table 1: after them, by source x target, then depth
+    return len(ROWS) + 100 * (3 * ADV.index(e["src"]) + ADV.index(e["tgt"])) + common.depth_k(e["unfreeze"])
+
+
+# ---- The statistical rule of the depth verdicts: this is its ONE call site ---------------------------------
+# Every comparison the depth report makes goes through compare(). For now it is the claims check's rule (verdict()
+# and CLAIMS_RULE above: u = sqrt(std^2 + se^2) per number, summed over the terms). When the claims rule is rewritten
+# (paired per-image statistics, equivalence tests), swap the new function in here, with COMPARE_RULE its text.
+COMPARE_RULE = (
+    "Rule (the claims check's, claims.md): each number carries u = sqrt(std^2 + se^2), std the sample std over "
+    "seeds (0 with one) and se the binomial standard error on its test images; a difference's u is the sum of its "
+    "numbers'. 'transfer > reference - M' **holds** when the difference beats -M by more than u, is "
+    "**contradicted** when it misses it by more than u, and is **inconclusive** in between.")
+
+
+def compare(lhs, rhs, margin, kind):
+    """lhs, rhs: [(weight, evaluations of one model over seeds, column)]. kind 'greater': lhs - rhs > margin;
+    'equivalent': |lhs - rhs| < margin. Returns (estimate lhs - rhs, its uncertainty u, verdict): 'holds',
+    'contradicted', 'inconclusive', or 'not testable here' when a number is missing (estimate and u None)."""
+    sides = []
+    for terms in (lhs, rhs):
+        st = [stat(es, col) for _, es, col in terms]
+        if None in st:
+            return None, None, "not testable here"
+        sides.append((sum(w * s[0] for (w, _, _), s in zip(terms, st)),
+                      sum(abs(w) * math.hypot(s[1], s[3]) for (w, _, _), s in zip(terms, st))))
+    d, u = sides[0][0] - sides[1][0], sides[0][1] + sides[1][1]
+    if kind == "greater":
+        ok = True if d - margin > u else False if d - margin < -u else None
+    elif kind == "equivalent":
+        ok = True if abs(d) + u < margin else False if abs(d) - u > margin else None
+    else:
+        raise ValueError(f"compare: kind must be 'greater' or 'equivalent', got {kind!r}")
+    return d, u, VERDICT[ok]
+# ---- end of the rule's call site ---------------------------------------------------------------------------
+
+
+def paper_value(key, col):
+    """The paper's Table 1 value of a row and column, or None."""
+    return PAPER[key][COLS.index(col)] if key in PAPER and col in COLS else None
+
+
+def paper_evals(key):
+    """The paper's Table 1 row as one evaluation on 10,000 test images, for compare(); [] if the paper has none."""
+    return [{"acc": dict(zip(COLS, PAPER[key])), "n_test": 10_000}] if key in PAPER else []
+
+
+def sweep(g, s, t, asked):
+    """(the ResNet's residual blocks, [(depth, evaluations over seeds)] of transfer s -> t shallow to deep): the
+    depths asked for and every other depth of this pair the run evaluated."""
+    es = [e for (tab, _), v in g.items() if tab == "c10" for e in v if e["role"] == "transfer"
+          and (e["src"], e["tgt"]) == (s, t)]
+    nb = n_blocks(es[0].get("arch") if es else "resnet56")
+    asked = [u for u in asked if isinstance(u, int) or common.depth_k(u) <= nb]  # a smaller ResNet has fewer blocks
+    depths = sorted(set(asked) | {e["unfreeze"] for e in es}, key=lambda u: common.depth_k(u, nb))
+    return nb, [(u, g.get(("c10", tkey(s, t, u)), [])) for u in depths]
+
+
+def falls_from(cells):
+    """The shallowest depth from which every deeper depth is contradicted (those not evaluated aside), or None:
+    cells [(depth, verdict)] shallow to deep."""
+    out = None
+    for u, v in reversed(cells):
+        if v == "not testable here":
+            continue
+        if v != "contradicted":
+            break
+        out = u
+    return out
+
+
+def combine(verdicts):
+    """Several comparisons as the claims check combines them: contradicted if any is, holds if all hold, else
+    inconclusive; 'not testable here' when none is or one misses a number, unless another already contradicts."""
+    if "contradicted" in verdicts:
+        return "contradicted"
+    if not verdicts or "not testable here" in verdicts:
+        return "not testable here"
+    return "holds" if set(verdicts) == {"holds"} else "inconclusive"
+
+
+def reading(g, s, t, nb, rows, margin):
+    """The paper's reading on one curve, as markdown lines."""
+    ref, last = g.get(("c10", s), []), nb // 3
+    stage = [u for u, _ in rows if 1 <= common.depth_k(u, nb) <= last]  # b1 .. 12: the lower stages frozen
+    table, lines = [], []
+    for grp, cols in READING.items():
+        held, paper, per_col = [], [], []
+        for col in cols:
+            res = [(u, *compare([(1, es, col)], [(1, ref, col)], -margin, "greater")) for u, es in rows]
+            table.append([HEAD[col]] + [MISSING if d is None else f"{d:+.1f} ± {uu:.1f} {v}" for _, d, uu, v in res])
+            held += [v for u, _, _, v in res if u in stage]
+            paper += [compare([(1, paper_evals(tkey(s, t, u)), col)], [(1, paper_evals(s), col)], -margin,
+                              "greater")[2] for u in stage if tkey(s, t, u) in PAPER]
+            at = {v: ", ".join(str(u) for u, _, _, w in res if w == v) or "none" for v in ("holds", "inconclusive")}
+            f = falls_from([(u, v) for u, _, _, v in res])
+            tested = [(u, v) for u, _, _, v in res if v != "not testable here"]
+            per_col.append(f"  - {HEAD[col]}: holds at {at['holds']}; inconclusive at {at['inconclusive']}; " + (
+                f"falls from {f}: contradicted there and at every deeper depth evaluated" if f is not None else
+                f"does not fall within the depths evaluated (the deepest, {tested[-1][0]}: {tested[-1][1]})"
+                if tested else "nothing to compare (a depth or R_src not evaluated)"))
+        at12 = [compare([(1, dict(rows).get(12, []), col)], [(1, ref, col)], -margin, "greater")[2] for col in cols]
+        lines += [f"- **{grp}** ({' and '.join(HEAD[x] for x in cols)}) within {margin:g} points of R_{s} at every "
+                  f"depth up to the last stage ({', '.join(map(str, stage)) or 'none of b1 to 12 swept'}): "
+                  f"**{combine(held)}**. At the last stage itself (12): {combine(at12)}"
+                  + (f"; the paper's Table 1 there: {combine(paper)}." if paper else ".")] + per_col
+    return ([f"### The paper's reading, tested on this curve\n",
+             "Sec. 3.1: unfreezing the last block \"resulted in an almost complete transfer of the defence against BB "
+             "attacks. This itself suggests that robust low level features are sufficient to defend just as well "
+             "against such simpler attacks\". On the curve: while the stages below the last one stay frozen (the "
+             f"depths b1 to 12), BB robustness stays within {margin:g} points of R_{s}, the source's training done on "
+             "CIFAR-10 without transfer (the source-side baseline; claim 3 makes the same comparison at 12); deeper, "
+             "it falls. The same is asked of WB robustness. Head only (1) is shown but is no part of the reading: the "
+             "paper's own head-only rows underfit the target (R_{pgd->nat} 1: 64.9% clean).\n",
+             COMPARE_RULE + f" Each cell: transfer - R_{s} (± u), and the verdict of 'transfer > R_{s} - {margin:g}'. "
+             "A group's verdict over several depths combines them as the claims do: it holds when all hold, is "
+             "contradicted when any is, and is inconclusive otherwise (not testable when a depth or R_src was not "
+             "evaluated, unless another depth already contradicts it).\n",
+             md_table(["column"] + [f"{u} (K {common.depth_k(u, nb)})" for u, _ in rows], table)] + lines)
+
+
+def depth_figure(path, curves_, margin, note=""):
+    """Per source x target, two panels (clean and black-box; white-box): one line per column against depth (the
+    mean over seeds, a band of ± std with several), R_src dashed (the reading's reference), the paper's Table 1
+    hollow, the paper's three depths and the stages marked; beside each panel the models without transfer."""
+    fig = plt.figure(figsize=(15, 4.6 * len(curves_) + 0.9), layout="constrained")
+    rows_ = fig.subfigures(len(curves_), 1, squeeze=False)[:, 0]
+    seeds = max((len(es) for cv in curves_ for _, es in cv["rows"]), default=1)
+    for sf, cv in zip(rows_, curves_):
+        s, t, nb, rows, refs = cv["src"], cv["tgt"], cv["nb"], cv["rows"], cv["refs"]
+        sf.suptitle(rf"$R_{{{s} \rightarrow {t}}}$: the {SOURCE[s]} CIFAR-100 source, {TARGET[t]} training "
+                    "on CIFAR-10", fontsize=12)
+        axes = sf.subplots(1, 4, gridspec_kw={"width_ratios": [5, 1.1, 5, 1.1]})
+        ks = [common.depth_k(u, nb) for u, _ in rows]
+        for (title, cols), ax, rax in zip(DEPTH_PANELS, axes[0::2], axes[1::2]):
+            stages = ((0.5, nb / 3 + 0.5, "layer3"), (nb / 3 + 0.5, 2 * nb / 3 + 0.5, "layer2"),
+                      (2 * nb / 3 + 0.5, nb + 0.5, "layer1"), (nb + 0.5, nb + 1.5, "stem"))
+            for lo, hi, stage in stages:  # what the last K blocks reach into, named on the top axis
+                ax.axvspan(lo, hi, color="0.93" if stage in ("layer3", "layer1") else "white", zorder=0)
+            top = ax.secondary_xaxis("top")
+            top.set_xticks([(lo + hi) / 2 for lo, hi, _ in stages], [f"{st} unfrozen" if st != "stem" else st
+                                                                     for _, _, st in stages], fontsize=8, color="0.4")
+            top.tick_params(length=0)
+            for u, k in ((1, 0), (12, nb // 3), (56, nb + 1)):  # the paper's three depths
+                ax.axvline(k, color="0.5", lw=0.8, ls=":", zorder=1)
+                ax.text(k, 99, f" paper {u}", fontsize=8, color="0.35", va="top", ha="left" if k < nb else "right")
+            for col in cols:
+                colour, pts = DEPTH_COLOUR[col], [(k, stat(es, col)) for k, (_, es) in zip(ks, rows)]
+                pts = [(k, st) for k, st in pts if st]
+                if pts:
+                    x, m, sd = (np.array(v, float) for v in zip(*[(k, st[0], st[1]) for k, st in pts]))
+                    ax.plot(x, m, "-o", color=colour, ms=4, lw=1.6, label=HEAD[col], zorder=3)
+                    if seeds > 1:
+                        ax.fill_between(x, m - sd, m + sd, color=colour, alpha=0.18, lw=0, zorder=2)
+                r = stat(refs.get(f"R_{s}", []), col)
+                if r:  # the reading's reference, and the margin below it
+                    ax.axhline(r[0], color=colour, ls="--", lw=1)
+                    ax.axhspan(r[0] - margin, r[0], color=colour, alpha=0.07, lw=0)
+                for u, k in ((1, 0), (12, nb // 3), (56, nb + 1)):
+                    p = paper_value(tkey(s, t, u), col)
+                    if p is not None:
+                        ax.plot(k, p, "D", mfc="none", mec=colour, ms=7, mew=1.3, zorder=4)
+            ax.set_xticks(ks, [str(u) for u, _ in rows], fontsize=8)
+            ax.set(xlim=(-0.7, nb + 1.7), ylim=(0, 100), ylabel="CIFAR-10 test accuracy (%)", title=title,
+                   xlabel=f"unfrozen depth: bK = the last K of the {nb} residual blocks + head; 1 = head only, "
+                          f"12 = K {nb // 3}, 56 = all", )
+            ax.xaxis.label.set_fontsize(8)
+            ax.grid(axis="y", alpha=0.3)
+            # the models without transfer, beside the curve: the CIFAR-10 baselines and the source on its own task
+            names = list(refs)
+            for j, nm in enumerate(names):
+                for col in cols:
+                    st = stat(refs[nm], col)
+                    if st:
+                        rax.hlines(st[0], j - 0.35, j + 0.35, color=DEPTH_COLOUR[col], lw=2.2)
+                    p = paper_value(nm[2:], col) if nm.startswith("R_") else None
+                    if p is not None:
+                        rax.plot(j, p, "D", mfc="none", mec=DEPTH_COLOUR[col], ms=6, mew=1.2)
+            rax.set_xticks(range(len(names)), [n.replace(" on CIFAR-100", "\n(CIFAR-100)") for n in names],
+                           fontsize=7.5, rotation=90)
+            rax.set(xlim=(-0.6, max(len(names), 1) - 0.4), ylim=(0, 100), title="no transfer")
+            rax.title.set_fontsize(9)
+            rax.tick_params(labelleft=False)
+            rax.grid(axis="y", alpha=0.3)
+    handles = [matplotlib.lines.Line2D([], [], color=DEPTH_COLOUR[col], marker="o", ms=4, label=HEAD[col])
+               for col in DEPTH_COLS]
+    handles += [matplotlib.lines.Line2D([], [], color="0.3", ls="--", label=f"R_src: the source's training without "
+                                        f"transfer (shaded: {margin:g} points below it, the reading's margin)"),
+                matplotlib.lines.Line2D([], [], color="0.3", marker="D", mfc="none", ls="none",
+                                        label="the paper's Table 1")]
+    if seeds > 1:
+        handles.append(matplotlib.patches.Patch(color="0.6", alpha=0.4, label="± std over seeds"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=8.5, frameon=False)
+    fig.suptitle("Where robustness lives: CIFAR-10 accuracy against how much of the source is unfrozen"
+                 + (f" (mean ± std over up to {seeds} seeds)" if seeds > 1 else "") + (f"\n{note}" if note else ""),
+                 fontsize=13)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def pair_md(g, s, t, nb, rows, refs, margin):
+    """depth.md's section of one source x target: every depth's row, the models without transfer, the reading."""
+    params = {u: n for u, _, _, n in common.depth_table(next(e["arch"] for _, es in rows for e in es))}
+    depth_rows = [[f"`{u}`", common.depth_k(u, nb), common.describe_unfreeze(u),
+                   f"{params[u]:,}" if u in params else MISSING, len(es)]
+                  + [fmt(stat(es, x), paper_value(tkey(s, t, u), x), len(es)) for x in DEPTH_COLS] for u, es in rows]
+    ref_rows = [[nm, len(es)] + [fmt(stat(es, x), paper_value(nm[2:], x) if nm.startswith("R_") else None, len(es))
+                                 for x in DEPTH_COLS] for nm, es in refs.items()]
+    return [f"## R_{{{s}->{t}}}: the {SOURCE[s]} source, {TARGET[t]} training on CIFAR-10\n",
+            md_table(["depth", "K", "trains", "parameters", "n"] + [HEAD[x] for x in DEPTH_COLS], depth_rows),
+            "\nWithout transfer: the CIFAR-10 baselines, and the source on its own CIFAR-100 test set.\n",
+            md_table(["model", "n"] + [HEAD[x] for x in DEPTH_COLS], ref_rows), ""] \
+        + reading(g, s, t, nb, rows, margin) + [""]
+
+
+def depth_report(a):
+    """report.py --depth: depth.md and depth.png in --out (default RUN/depth), written atomically."""
+    asked = [common.parse_unfreeze(u) for u in a.unfreeze]
+    if a.margin < 0:
+        raise UsageError(f"--margin must be non-negative (points of accuracy), got {a.margin:g}")
+    evals = load(a.run)
+    g, _ = group(evals)
+    out = a.out or os.path.join(a.run, "depth")
+    check_writable(os.path.join(out, "depth.md"))
+    curves_, text, used, empty = [], [], [], []
+    for s in a.src:
+        for t in a.tgt:
+            nb, rows = sweep(g, s, t, asked)
+            if not any(es for _, es in rows):
+                empty.append(f"{s}->{t}")
+                continue
+            refs = {f"R_{b}": g[("c10", b)] for b in ADV if ("c10", b) in g}
+            if ("src", s) in g:
+                refs[f"source {s} on CIFAR-100"] = g[("src", s)]
+            curves_.append(dict(src=s, tgt=t, nb=nb, rows=rows, refs=refs))
+            used += [e for _, es in rows for e in es] + [e for es in refs.values() for e in es]
+            text += pair_md(g, s, t, nb, rows, refs, a.margin)
+    used = list({id(e): e for e in used}.values())  # a baseline serves every pair
+    if not curves_:
+        raise UsageError(f"no evaluated transfer of {', '.join(empty) or 'any source x target'} under {a.run}; run "
+                         f"`make depth SRC=... TGT=...` (or evaluate.py on the transfers) first")
+    deps = departures(used)
+    head = ["# Where robustness lives: accuracy against unfreezing depth\n", banner(deps),
+            f"Run `{a.run}`. Figure: [depth.png](depth.png). CIFAR-10 test accuracy (%), mean ± sample std over the n "
+            "seeds; in brackets the paper's Table 1 value and the difference, where it has one.\n",
+            "Depth, on one scale (`transfer.py --unfreeze`, README): **bK** trains the last K residual blocks "
+            "(counted from the output) and the head; the paper's **1** (head only), **12** (all of layer3, as the "
+            "authors' code) and **56** (everything) are K = 0, the last stage's blocks (9 on ResNet56) and all "
+            "blocks + the stem, and keep their own names.\n"]
+    head += [f"Not drawn (no evaluated transfer): {', '.join(empty)}.\n"] if empty else []
+    os.makedirs(out, exist_ok=True)
+    with output_lock(os.path.join(out, "depth.md")):
+        depth_figure(os.path.join(out, "depth.png.tmp"), curves_, a.margin,
+                     "Not the paper's protocol (depth.md lists how)" if deps else "")
+        os.replace(os.path.join(out, "depth.png.tmp"), os.path.join(out, "depth.png"))
+        with open(os.path.join(out, "depth.md.tmp"), "w") as f:
+            f.write("\n".join(x for x in head if x) + "\n" + "\n".join(text) + "\n## Departures from the paper\n\n"
+                    + ("\n".join(f"- {SETTING[k]}: {h} (paper {p}): {', '.join(rows_)}" for (k, h, p), rows_ in
+                                 deps.items()) or "- none: every recorded setting is the paper's protocol") + "\n")
+        os.replace(os.path.join(out, "depth.md.tmp"), os.path.join(out, "depth.md"))
+    print(f"wrote {out}: depth.md, depth.png ({', '.join(cv['src'] + '->' + cv['tgt'] for cv in curves_)}; "
+          f"{len(used)} evaluations)")
+
+
+def add_depth_args(p):
+    d = p.add_argument_group("depth sweep (make depth)")
+    d.add_argument("--depth", action="store_true", help="write depth.md and depth.png instead (default --out "
+                   "RUN/depth): accuracy against unfreezing depth for each --src x --tgt, and the paper's reading")
+    d.add_argument("--src", nargs="*", choices=ADV, default=list(ADV), help="sources (with --depth)")
+    d.add_argument("--tgt", nargs="*", choices=ADV, default=list(ADV), help="target trainings (with --depth)")
+    d.add_argument("--unfreeze", nargs="*", default=[], help="depths to show, as '–' when not evaluated, beside "
+                   "every depth the run evaluated (with --depth)")
+    d.add_argument("--margin", type=float, default=DEPTH_MARGIN, help="points below R_src that still count as "
+                   "kept (with --depth; claim 3's 2)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory; every *.eval.json below it is read")
     p.add_argument("--out", help="report directory (default RUN/report); its report files are replaced, each "
                    "atomically, once the new report is complete; other files in it are left alone")
+    add_depth_args(p)
     a = p.parse_args(argv)
+    if a.depth:
+        return depth_report(a)
     evals = load(a.run)
     out = os.path.abspath(a.out or os.path.join(a.run, "report"))
     if os.path.exists(out) and not (os.path.isdir(out) and (os.path.isfile(os.path.join(out, "report.md"))

@@ -3,9 +3,12 @@
 
     python transfer.py --src pgd --tgt pgd --unfreeze 12           # -> runs/paper/transfer/pgd-pgd-12_s0.pt
     python transfer.py --src pgd --tgt pgd --unfreeze 1 12 56      # the three strategies trained together
+    python transfer.py --src pgd --tgt nat --unfreeze 1 b3 12 b18 56   # a depth sweep (make depth), one cohort
 
 --unfreeze 1: only the new head trains; 12: the whole last stage (layer3, 18 convs) and the head, as the
 authors' code did (the paper's text says "the last block"); 56: everything, the source only initialises.
+The depths between are bK: the last K of ResNet56's 27 residual blocks and the head (K = 1..27; the paper's
+1, 12, 56 are K = 0, 9 and 28, the stem counted last, and keep their own names; README: the table of depths).
 Frozen layers' BatchNorm statistics keep adapting to CIFAR-10 as in the authors' runs (--freeze-bn fixes
 them). Schedule (authors' job files): 50 epochs, SGD lr 0.1, momentum 0.9, x0.1 every 20 epochs, wd 5e-5.
 Several --unfreeze and --seed values train together (a cohort), each writing the files its own run would.
@@ -21,8 +24,9 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", choices=c.ADV, required=True, help="how the CIFAR-100 source was trained")
     p.add_argument("--tgt", choices=c.ADV, required=True, help="natural, FGSM or PGD training on CIFAR-10")
-    p.add_argument("--unfreeze", type=int, nargs="+", required=True,
-                   help="1, 12 or 56 (the paper's strategies); several train together")
+    p.add_argument("--unfreeze", nargs="+", required=True,
+                   help="1, 12 or 56 (the paper's strategies) or bK (the last K of the 27 residual blocks and the "
+                        "head, K = 1..27 but 9); several train together")
     p.add_argument("--init", default="runs/paper/source/cifar100_{src}_s{seed}.pt",
                    help="source checkpoint, X.pt of train_source.py ({src}, {seed} are filled in)")
     p.add_argument("--arch", default=None, help="must match the source's (taken from it by default)")
@@ -55,13 +59,11 @@ def load_source(path, a):
 
 def main(argv=None):
     a = get_args(argv)
+    depths = [c.parse_unfreeze(u) for u in a.unfreeze]  # 1, 12, 56 stay ints, as recorded before depths existed
     c.check_training_args(a)
-    for u in a.unfreeze:
-        if u not in c.UNFREEZE:
-            raise c.UsageError(f"--unfreeze must be 1, 12 or 56 (the paper's three strategies), got {u}")
-    if len(set(a.unfreeze)) != len(a.unfreeze):
-        raise c.UsageError(f"--unfreeze lists a strategy twice ({' '.join(map(str, a.unfreeze))})")
-    fields = [dict(src=a.src, tgt=a.tgt, unfreeze=u, seed=s) for s in a.seed for u in a.unfreeze]
+    if len(set(depths)) != len(depths):
+        raise c.UsageError(f"--unfreeze lists a depth twice ({' '.join(a.unfreeze)})")
+    fields = [dict(src=a.src, tgt=a.tgt, unfreeze=u, seed=s) for s in a.seed for u in depths]
     outs = c.member_paths(a.out, fields)
     inits = [a.init.format(src=a.src, seed=f["seed"]) for f in fields]
     sources = {p: load_source(p, a) for p in dict.fromkeys(inits)}
@@ -81,7 +83,7 @@ def main(argv=None):
     for ck in sources.values():
         print(f"[{who}] {ck['said']}")
     print(f"[{who}] transfer {a.src} -> {a.tgt}: "
-          + "; ".join(f"unfreeze {u}: {c.UNFREEZE[u]} trains" for u in a.unfreeze), flush=True)
+          + "; ".join(f"unfreeze {u}: {c.describe_unfreeze(u)} trains" for u in depths), flush=True)
     c.fit(members, dataset="cifar10", adv=a.tgt, freeze_bn=a.freeze_bn, **c.fit_options(a))
 
 

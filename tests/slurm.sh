@@ -129,7 +129,8 @@ normal() { sed -e 's/ *2>&1.*//' -e 's/ *| .*//' | tr -d "'\"" | tr -s ' \t' '  
 # Every training/evaluation/crafting command must go through the prefix (report.py runs in the batch step).
 bad=$(grep -E '[A-Za-z_]+\.py( |$)' "$T/dry.txt" | grep -v -e 'step\.sh ' -e 'report\.py' || true)
 [ -z "$bad" ] || fail "make smoke runs a job outside SMOKE_LAUNCH: $(head -1 <<<"$bad")"
-sed -n "s/.*step\.sh \([^']\)/\1/p" "$T/dry.txt" | normal > "$T/expected.txt"
+# (sort -u: the smoke's depth step is a second make, whose dry run on the fresh folder lists the grid's jobs again)
+sed -n "s/.*step\.sh \([^']\)/\1/p" "$T/dry.txt" | normal | sort -u > "$T/expected.txt"
 [ -s "$T/expected.txt" ] || fail "make -n smoke shows no job command with SMOKE_LAUNCH"
 printf -v wrap 'make --no-print-directory %q %q %q %q' "${SMOKE[@]}"
 say "sbatch --wait -N1 -n$NCPU -c1 --wrap \"$wrap\" ($(wc -l < "$T/expected.txt") job commands)"
@@ -152,11 +153,11 @@ diff <(cut -d' ' -f1 "$STEP_LOG" | sort) \
 cut -d' ' -f2- "$STEP_LOG" | normal > "$T/ran.txt"
 diff "$T/expected.txt" "$T/ran.txt" > "$T/steps.diff" || { head -n 20 "$T/steps.diff" >&2
   fail "the job steps are not the commands of make -n smoke (< expected, > ran)"; }
-# Outputs: the smoke grid as a local run builds it (3 sources, 3 baselines, 27 transfers, the DenseNet121, each
-# evaluated, the black-box examples), no more, no less; each named in a step's command, literally or through a
-# cohort's template (--out 'R/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt').
+# Outputs: the smoke grid as a local run builds it (3 sources, 3 baselines, 27 transfers and the depth sweep's b2,
+# the DenseNet121, each evaluated, the black-box examples), no more, no less; each named in a step's command,
+# literally or through a cohort's template (--out 'R/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt').
 models=(source/cifar100_{nat,fgsm,pgd}_s0 baseline/cifar10_{nat,fgsm,pgd}_s0
-        transfer/{nat,fgsm,pgd}-{nat,fgsm,pgd}-{1,12,56}_s0 blackbox/densenet121_s0)
+        transfer/{nat,fgsm,pgd}-{nat,fgsm,pgd}-{1,12,56}_s0 transfer/pgd-nat-b2_s0 blackbox/densenet121_s0)
 want=$(printf '%s\n' "${models[@]/%/.pt}" "${models[@]/%/.eval.json}" blackbox/examples.pt | sed "s|^|$RUN/|" | sort)
 outputs=$(find "$RUN" \( -name '*.pt' ! -name '*.last.pt' -o -name '*.eval.json' \) | sort)
 [ "$outputs" = "$want" ] || { diff <(echo "$want") <(echo "$outputs") | head -n 20 >&2 || true

@@ -1,4 +1,5 @@
-"""`make smoke`: the whole DAG on synthetic data, end to end, as a newcomer runs it; then a rerun does nothing."""
+"""`make smoke`: the whole DAG on synthetic data, end to end, as a newcomer runs it, then a 3-depth sweep (`make
+depth`); then a rerun does nothing."""
 import csv
 import json
 import os
@@ -18,12 +19,13 @@ def test_make_smoke_builds_every_stage_and_the_report(tmp_path):
     run = tmp_path / "smoke"
     r = make("smoke", f"SMOKE_RUN={run}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # every stage of the grid: 3 sources, 3 baselines, 27 transfers, the DenseNet, each evaluated
+    # every stage of the grid: 3 sources, 3 baselines, 27 transfers, the DenseNet, each evaluated; and the depth
+    # sweep's one model beyond them (pgd -> nat at b2)
     assert len(list((run / "source").glob("cifar100_*_s0.pt"))) == 3
     assert len(list((run / "baseline").glob("cifar10_*_s0.pt"))) == 3
-    assert len(list((run / "transfer").glob("*-*-*_s0.pt"))) == 27
+    assert len(list((run / "transfer").glob("*-*-*_s0.pt"))) == 27 + 1
     evals = [json.loads(p.read_text()) for p in run.rglob("*.eval.json")]
-    assert len(evals) == 34
+    assert len(evals) == 34 + 1
     assert {e["role"] for e in evals} == {"source", "baseline", "transfer", "blackbox"}
     for e in evals:
         if e["role"] in ("baseline", "transfer"):  # the five columns of Table 1, plus the stronger evaluation
@@ -35,6 +37,11 @@ def test_make_smoke_builds_every_stage_and_the_report(tmp_path):
     assert len(rows) == 30 and all(float(r["clean"]) >= 0 for r in rows)
     for f in ("report.md", "table1.md", "claims.md", "fig2.png", "fig3.png", "fig4.png", "fig5.png"):
         assert (rep / f).stat().st_size > 0, f
+    # the depth sweep: every depth's row, the figure; b2 trained in the cohort of the sweep's three depths
+    md = (run / "depth" / "depth.md").read_text()
+    assert all(f"| `{u}` | {k} |" in md for u, k in (("1", 0), ("b2", 2), ("56", 4))) and "### The paper's" in md
+    assert (run / "depth" / "depth.png").stat().st_size > 10_000
+    assert "cohort of 3" in (run / "transfer" / "pgd-nat-b2_s0.log").read_text()
     # each model of a cohort logs its own epochs beside its checkpoint
     for p in run.rglob("*_s0.pt"):
         if not p.name.endswith(".last.pt"):
