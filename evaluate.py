@@ -57,6 +57,10 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     p.add_argument("--device", default="auto")
+    p.add_argument("--capture", choices=c.CAPTURE, default="auto", help="CUDA graphs for the attacks: auto (where "
+                   "they can be; a failure goes on eagerly), on (a failure stops the run), off (eager)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="the models' precision on CUDA (default bf16, autocast; the CPU runs fp32)")
     return p.parse_args(argv)
 
 
@@ -197,7 +201,7 @@ def training_record(ck):
     return {"arch": ck["arch"], "growth": ck.get("growth"), **{k: args.get(k) for k in TRAIN_ARGS},
             "n_train": ck.get("n_train"), "n_val": ck.get("n_val"), "init": ck.get("init"),
             "epoch": ck.get("epoch"), "val": ck.get("metrics"), "collapse": ck.get("collapse"),
-            "rows": ck.get("rows") or [], "provenance": ck.get("provenance")}
+            "rows": ck.get("rows") or [], "provenance": ck.get("provenance"), "steps_ran": ck.get("steps_ran")}
 
 
 def main(argv=None):
@@ -220,9 +224,15 @@ def main(argv=None):
         return
     c.check_writable(a.out)  # before any work: a result that cannot be saved is lost
     device = c.pick_device(a.device)
+    cuda = device.startswith("cuda")
+    if not cuda and (a.capture == "on" or a.precision == "bf16"):
+        flag = "--capture on" if a.capture == "on" else "--precision bf16"
+        raise c.UsageError(f"{flag} needs CUDA (this run is on {device}, in fp32); leave it out or use --device cuda")
+    a.precision = a.precision or ("bf16" if cuda else "fp32")
     torch.manual_seed(a.seed)
     if a.craft_from:
-        return craft_blackbox(a, device)
+        with c.capturing(a.capture), c.precision(a.precision):
+            return craft_blackbox(a, device)
     ck = c.load_checkpoint(a.ckpt)
     role = ck.get("role")
     if role not in ROLES:
@@ -238,7 +248,7 @@ def main(argv=None):
     bb = None
     if a.blackbox and dataset == "cifar10" and role != "blackbox":
         bb = load_blackbox(a.blackbox, y, a, x)
-    with c.output_lock(a.out):
+    with c.output_lock(a.out), c.capturing(a.capture), c.precision(a.precision):
         evaluate(a, ck, model, x, y, bb, dataset, device)
 
 
@@ -302,6 +312,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                                         "source_arch": bb.get("source_arch")}} if bb is not None else {})},
            "acc": acc, "curve": curve, "flags": flags, "train": training_record(ck),
            "eval_seed": a.seed, "wall_s": time.time() - t0, **c.provenance(device)}
+    res["steps_ran"] = {**c.steps_ran(device, c.why_eager(a.capture, device)), "precision": a.precision}
     c.atomic_save(res, a.out)
     cols = "  ".join(f"{k} {v:.1f}%" for k, v in acc.items())
     print(f"{cols}  ({time.time() - t0:.0f}s)" + "".join(f"\n  FLAG {f['check']}: {f['detail']}" for f in flags))
