@@ -53,6 +53,9 @@ BB_FLAGS    ?=
 EVAL_FLAGS  ?=
 # prefix of every job: $(GPULOCK) on a multi-GPU box, or srun --gres=gpu:1 ...
 LAUNCH      ?=
+# CUDA graphs for every job's steps: auto (captured where they can be, a failure goes on eagerly), on, off (eager)
+CAPTURE     ?= auto
+$(if $(filter-out auto on off,$(CAPTURE)),$(error CAPTURE must be auto, on or off, got '$(CAPTURE)'))
 
 # Python: a .venv built from requirements.txt on first use; PY=python3 uses an existing environment instead.
 PY ?= .venv/bin/python
@@ -96,7 +99,8 @@ $(if $(and $(wildcard $(DATA)/*.npz),$(filter-out $(wildcard $(NPZ)),$(NPZ))),$(
   cifar100_train/test.npz))
 
 R := $(RUN)
-DATAFLAG = --data-dir $(DATA)
+# the data and the capture switch, passed to every training, evaluation and crafting job
+DATAFLAG = --data-dir $(DATA) --capture $(CAPTURE)
 LOG = 2>&1 | tee -a $(basename $@).log
 
 # ---- what `all` builds -------------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ help:
 	@echo "make depth SRC=pgd TGT=nat   robustness against unfreezing depth (DEPTHS), one cohort -> $(R)/depth"
 	@echo "make bench      training/evaluation throughput: eager, captured, cohorts, a plain PyTorch reference"
 	@echo "make test-slurm make smoke through a private single-node SLURM (installs slurm-wlm and munge)"
-	@echo "make gpu-check DATA=FOLDER   on a CUDA machine: GPU tests, bench, a timed make mini"
+	@echo "make gpu-check  on a CUDA machine, first: GPU tests, a short bench, bf16 vs fp32 attacks; one summary"
 	@echo "stages: sources baselines transfers blackbox evals report; grid: SRC TGT UNFREEZE BASE SEEDS"
 	@echo "settings: RUN=$(R) DATA=$(DATA) ARCH=$(ARCH) PY=$(PY) LAUNCH=$(LAUNCH)"
 	@echo "e.g.  make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all;   make -n $(R)/transfer/pgd-pgd-12_s0.pt"
@@ -227,11 +231,24 @@ mini: | $(VENV)
 	$(MAKE) --no-print-directory -j$(MINI_JOBS) $(MINI) all
 	@echo "mini report: $(MINI_RUN)/report/report.md"
 
-# On a CUDA machine: the GPU tests, the benchmark, and `make mini` timed (DATA=FOLDER as for mini).
+# On a CUDA machine, before anything else (README, "GPU"): the GPU tests, a short benchmark, a PGD-trained ResNet56
+# evaluated with bf16 and with fp32 attacks, a DenseNet121 evaluation, then one summary block. Sized for 5 minutes on
+# one H100/H200 from the rates measured there (BENCHMARKS.md); the summary gives each part's time. Synthetic data
+# unless DATA=FOLDER is given on the command line. `make mini` is its own command.
+CHECK_RUN  ?= runs/gpu-check
+CHECK_DATA  = --data-dir $(if $(filter command line,$(origin DATA)),$(DATA),synthetic) --capture $(CAPTURE) --force
+CHECK_EVAL  = $(CHECK_DATA) --limit 1000 --strong-steps 20 --restarts 2
 gpu-check: | $(VENV)
-	$(PY) -m pytest -q tests/test_gpu.py
-	$(PY) bench.py --out runs/bench-gpu.json
-	/usr/bin/time -f "make mini: %e s wall" $(MAKE) --no-print-directory mini
+	@mkdir -p $(CHECK_RUN) && date +%s > $(CHECK_RUN)/start
+	-$(PY) -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee $(CHECK_RUN)/tests.log
+	$(PY) bench.py --no-densenet --cohorts 3 --repeats 3 --iters 4 --out $(CHECK_RUN)/bench.json
+	$(PY) train_source.py --dataset cifar10 --adv pgd --epochs 2 --limit 2000 $(CHECK_DATA) --out $(CHECK_RUN)/resnet56.pt
+	$(PY) train_blackbox.py --epochs 1 --limit 500 $(CHECK_DATA) --out $(CHECK_RUN)/densenet121.pt
+	$(PY) evaluate.py --ckpt $(CHECK_RUN)/resnet56.pt $(CHECK_EVAL) --out $(CHECK_RUN)/resnet56-bf16.eval.json
+	$(PY) evaluate.py --ckpt $(CHECK_RUN)/resnet56.pt $(CHECK_EVAL) --precision fp32 --out $(CHECK_RUN)/resnet56-fp32.eval.json
+	$(PY) evaluate.py --ckpt $(CHECK_RUN)/densenet121.pt $(CHECK_EVAL) --no-strong --no-curve \
+	  --out $(CHECK_RUN)/densenet121.eval.json
+	$(PY) bench.py --summary $(CHECK_RUN)
 
 clean-smoke:
 	rm -rf $(SMOKE_RUN)

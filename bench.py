@@ -20,8 +20,10 @@ BENCHMARKS.md for figures and the commands that produced them.
 import argparse
 import copy
 import itertools
+import json
 import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -63,7 +65,10 @@ def get_args(argv=None):
                         "weight gradients then stop hitting slow denormal arithmetic)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the %% column (default by name)")
     p.add_argument("--out", default="runs/bench.json", help="JSON results")
+    p.add_argument("--summary", metavar="DIR", help="print the summary block of `make gpu-check` from DIR and exit")
     a = p.parse_args(argv)
+    if a.summary:
+        return a
     a.device = c.pick_device(a.device)
     cpu = not a.device.startswith("cuda")
     a.repeats = a.repeats or (1 if a.quick else 3 if cpu else 5)
@@ -233,17 +238,17 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
 
     jobs = {}
     for adv in advs:
-        v = {"reference": (bs, lambda adv=adv: train_ref(adv)), "eager": (bs, lambda adv=adv: ours(adv, 1, False))}
+        v = {"reference": (bs, lambda adv=adv: train_ref(adv)), "eager": (bs, lambda adv=adv: ours(adv, 1, "off"))}
         if cuda:
-            v["captured"] = (bs, lambda adv=adv: ours(adv, 1, True))
-        v.update({f"cohort{k}": (k * bs, lambda adv=adv, k=k: ours(adv, k, None)) for k in a.cohorts})
+            v["captured"] = (bs, lambda adv=adv: ours(adv, 1, "auto"))
+        v.update({f"cohort{k}": (k * bs, lambda adv=adv, k=k: ours(adv, k, "auto")) for k in a.cohorts})
         jobs[f"train/{adv}"] = v
     for kind in ("clean", "fgsm", "pgd"):
         k = None if kind == "clean" else kind
         v = {"reference": (len(xe) / a.iters, lambda k=k: lambda: ref_accuracy(ref, eval_loader, k, eps, dev)),
-             "eager": (len(xe) / a.iters, lambda k=k: evaluation(k, False))}
+             "eager": (len(xe) / a.iters, lambda k=k: evaluation(k, "off"))}
         if cuda:
-            v["captured"] = (len(xe) / a.iters, lambda k=k: evaluation(k, True))
+            v["captured"] = (len(xe) / a.iters, lambda k=k: evaluation(k, "auto"))
         jobs[f"eval/{kind}"] = v
     rows = {}
     for what, variants in jobs.items():
@@ -334,6 +339,55 @@ def depth_estimate(rows, arch, seeds=1, depths=c.DEPTH_SWEEP):
                                             "unfreeze": depths, "blackbox": False})["total_h"] for t in c.ADV}
 
 
+def self_check(a, arch, x, y, est):
+    """What the self-check's tolerances must clear, and what the check costs (CUDA). Two eager runs of one PGD-7
+    training step and of one PGD-7 evaluation batch, from the same state on the same batch: how far bf16 eager
+    lies from itself (the noise the tolerances sit above). The captured graphs' first-replay differences and times:
+    the checks this process made (common._CAPTURED.checks). The cost of checking every graph of `make all`: per
+    training job one training graph and up to 3 validation graphs (clean, attack, PGD monitor), per evaluation up
+    to 9 (clean, FGSM, PGD-7 and 6 more curve points), each at the slowest check measured of its kind."""
+    torch.manual_seed(0)
+    model = c.build_model(arch, 10).to(a.device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device=a.device), momentum=0.9, weight_decay=1e-5,
+                          fused=True)
+    c.set_train_mode(model)
+    xb, yb = x[:a.batch_size].float() / 255, y[:a.batch_size]
+    runs = []
+    for _ in range(2):
+        m, o = copy.deepcopy((model, opt))
+        base = {k: [t.clone() for t in v] for k, v in c._member_state(m, o).items()}
+        runs.append((c.train_step(m, o, xb, yb, "pgd", c.EPS), c._member_state(m, o), base))
+    (o1, s1, _), (o2, s2, base) = runs
+    train_noise = c.step_difference([o1], [o2], [s1], [s2], [base], len(yb))[0]
+    f = c.eval_step(model, "pgd", c.EPS, capture="off")
+    xe, ye = x[:500].float() / 255, y[:500]
+    eval_noise = (f(xe, ye) != f(xe, ye)).float().mean().item()
+    train = [k for k in c._CAPTURED.checks if k["what"].startswith("training")]
+    evals = [k for k in c._CAPTURED.checks if k not in train]
+    worst = lambda ks, f: max((k[f] for k in ks), default=None)  # noqa: E731
+    t_train, t_eval = worst(train, "seconds") or 0.0, worst(evals, "seconds") or 0.0
+    jobs = est["jobs"]["sources + baselines"] + est["jobs"]["transfers"]
+    g = c.GRID
+    n_evals = len(g["sources"]) + len(g["baselines"]) + len(g["transfer cohorts"]) * len(g["unfreeze"])
+    n_eval_graphs = 3 * jobs + 9 * n_evals + 3 + 1  # and the DenseNet's evaluation, the crafting's accuracy
+    cost = jobs * t_train + n_eval_graphs * t_eval
+    res = {"tolerance_train": c.CHECK_RTOL, "tolerance_eval": c.CHECK_FRAC,
+           "train_eager_vs_eager": train_noise, "eval_eager_vs_eager": eval_noise,
+           "train_captured_vs_eager": worst(train, "difference"), "eval_captured_vs_eager": worst(evals, "difference"),
+           "checks": len(train) + len(evals), "train_check_s": t_train, "eval_check_s": t_eval,
+           "make_all_graphs": jobs + n_eval_graphs, "make_all_s": cost, "make_all_frac": cost / (3600 * est["total_h"])}
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    print(f"\nself-check (each graph's first replay against eager; tolerances {pct(c.CHECK_RTOL)} of a training step's "
+          f"change, {pct(c.CHECK_FRAC)} of an evaluation batch):\n"
+          f"  training step   captured vs eager {pct(res['train_captured_vs_eager'])} (worst), eager vs eager "
+          f"{pct(train_noise)}; {t_train:.2f} s per graph\n"
+          f"  evaluation      captured vs eager {pct(res['eval_captured_vs_eager'])} of images (worst), eager vs eager "
+          f"{pct(eval_noise)}; {t_eval:.2f} s per graph\n"
+          f"  make all        {res['make_all_graphs']} graphs: {cost / 60:.1f} min = {pct(res['make_all_frac'])} of "
+          f"the estimate" + (f"\n  FALLBACK        {c._CAPTURED.fallback}" if c._CAPTURED.fallback else ""), flush=True)
+    return res
+
+
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -344,6 +398,9 @@ def cpu_name():
 
 def main(argv=None):
     a = get_args(argv)
+    if a.summary:
+        sys.exit(summary(a.summary))
+    t0 = time.time()
     if a.batch_size < 1 or a.repeats < 1 or a.iters < 1 or any(k < 2 for k in a.cohorts):
         raise c.UsageError("--batch-size, --repeats and --iters must be positive, --cohorts sizes at least 2")
     c.check_writable(a.out)
@@ -353,7 +410,7 @@ def main(argv=None):
     torch.set_flush_denormal(a.flush_denormal)
     name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
     peak = a.peak_tflops or next((v for k, v in PEAKS.items() if cuda and k in name), None)
-    prov = {**c.provenance(dev), "device_name": name, "threads": torch.get_num_threads(),
+    prov = {**c.provenance(dev), "device_name": name, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     print(f"bench on {name} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{a.repeats} timings x {a.iters} steps per row, batch {a.batch_size} clean + {a.batch_size} adversarial "
@@ -383,12 +440,86 @@ def main(argv=None):
     print(f"`make depth SRC=... TGT=...` ({len(c.DEPTH_SWEEP)} depths: {' '.join(map(str, c.DEPTH_SWEEP))}; one "
           f"cohort, members at full cost) per target training, beyond `make all`'s sources, baselines and DenseNet:")
     print("  " + ", ".join(f"TGT={t}: {h:.2f} h" for t, h in dep.items()))
+    check = self_check(a, a.arch, x, y, est) if cuda else None
     prov["loadavg_after"] = os.getloadavg()
     result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops, "rows": rows,
-              "make_all": est, "make_depth_h": dep}
+              "make_all": est, "make_depth_h": dep, "self_check": check, "fallback": c._CAPTURED.fallback,
+              "wall_s": time.time() - t0}
     c.atomic_save(result, a.out)
     print(f"wrote {a.out}")
     return result
+
+
+def summary(folder):
+    """`make gpu-check`'s summary block from what its parts wrote in folder; exit status 1 if a test failed, a part
+    is missing or a capture fell back."""
+    def read(name):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            problems.append(f"{name} missing (its part failed: see above)")
+            return {}
+        with open(path) as f:
+            return json.load(f) if name.endswith(".json") else f.read()
+    problems = []
+    start = read("start")
+    tests = (read("tests.log").strip().splitlines() or ["no test output"])[-1].strip("= ")
+    if "failed" in tests or "error" in tests or "passed" not in tests:
+        problems.append(f"tests: {tests}")
+    bench = read("bench.json")
+    runs = {n: read(n + ".json") for n in ("resnet56", "densenet121")}
+    evals = {n: read(n + ".eval.json") for n in ("resnet56-bf16", "resnet56-fp32", "densenet121")}
+    ran = [r for x in runs.values() for r in x.get("steps_ran", [])] + [e["steps_ran"] for e in evals.values() if e]
+    falls = sorted({r["why"] for r in ran if r["steps"] != "captured"} | ({bench.get("fallback")} - {None}))
+    problems += [f"not captured: {w}" for w in falls]
+    gib = lambda r: f"{r['peak_memory_gib']:.1f} GiB" if r and r.get("peak_memory_gib") is not None else "-"  # noqa
+    prov = bench.get("provenance", {})
+    lines = [f"==== make gpu-check: {prov.get('device_name', '?')}, torch {prov.get('torch', '?')}, CUDA "
+             f"{prov.get('cuda', '?')}" + (f", {c._fmt_time(time.time() - int(start))} in all (budget 5 min)"
+                                          if start else "") + " ====",
+             f"tests          {tests}"]
+    rows = bench.get("rows", {})
+    for what, name in (("train/pgd", "PGD-7 training"), ("train/nat", "natural training"), ("eval/pgd", "PGD-7 eval")):
+        r = rows.get(f"resnet56/{what}", {}).get("img_s")
+        if r:
+            lines.append(f"{'img/s' if what == 'train/pgd' else '':14s} ResNet56 {name}: " + ", ".join(
+                f"{k} {v:,.0f}" for k, v in r.items()) + (f" (captured {r['captured'] / r['eager']:.1f}x eager)"
+                                                          if "captured" in r else ""))
+    lines.append("steps          " + ("EAGER: " + "; ".join(falls) if falls else
+                                      f"captured in every run (training, cohorts, evaluation: {len(ran)} records)"))
+    est = bench.get("make_all")
+    if est:
+        lines.append(f"make all       {est['total_h']:.1f} h on this GPU, critical path {est['critical_path_h']:.1f} h"
+                     + ("" if "densenet121/train/nat" in rows else " (without the DenseNet121: `make bench` times it)"))
+    ev = {n: gib(e.get("steps_ran")) for n, e in evals.items()}
+    tr = {n: gib((x.get("steps_ran") or [None])[-1]) for n, x in runs.items()}
+    lines.append(f"peak memory    evaluation ResNet56 {ev['resnet56-bf16']} (fp32 {ev['resnet56-fp32']}), DenseNet121 "
+                 f"{ev['densenet121']}; training ResNet56 PGD {tr['resnet56']}, DenseNet121 {tr['densenet121']} "
+                 f"(reserved, per process)")
+    sc = bench.get("self_check")
+    if sc:
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines.append(f"self-check     training captured vs eager {pct(sc['train_captured_vs_eager'])}, eager vs eager "
+                     f"{pct(sc['train_eager_vs_eager'])} (tolerance {pct(sc['tolerance_train'])}); evaluation "
+                     f"{pct(sc['eval_captured_vs_eager'])} / {pct(sc['eval_eager_vs_eager'])} of images (tolerance "
+                     f"{pct(sc['tolerance_eval'])}); cost {pct(sc['make_all_frac'])} of make all")
+    b16, f32 = evals["resnet56-bf16"].get("acc"), evals["resnet56-fp32"].get("acc")
+    if b16 and f32:
+        n, beyond = evals["resnet56-bf16"]["n_test"], []
+        for k, name in (("wb_pgd", "WB-PGD"), ("wb_strong", "WB-strong")):
+            if k in b16 and k in f32:
+                d, se2 = b16[k] - f32[k], 2 * c.binomial_se(f32[k], n)
+                beyond += [name] * (abs(d) > se2)
+                lines.append(f"{'precision' if k == 'wb_pgd' else '':14s} {name}: bf16 {b16[k]:.1f}%, fp32 "
+                             f"{f32[k]:.1f}%, difference {d:+.1f} points, two binomial SE {se2:.1f} ({n} images)")
+        lines.append(" " * 15 + ("bf16 attacks differ from fp32 beyond noise on " + " and ".join(beyond) +
+                                 ": evaluate with --precision fp32 (EVAL_FLAGS) and make it the default" if beyond else
+                                 "bf16 and fp32 attacks agree within noise: bf16 stays the default"))
+    times = [("bench", bench.get("wall_s"))] + [(f"training {n}", x.get("wall_s")) for n, x in runs.items()] + \
+        [(f"evaluation {n}", e.get("wall_s")) for n, e in evals.items()]
+    lines.append("time           " + ", ".join(f"{n} {t:.0f} s" for n, t in times if t is not None))
+    lines.append("verdict        " + ("OK" if not problems else "PROBLEMS: " + "; ".join(problems)))
+    print("\n".join(lines))
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ paper's range, Sec. 2.2) as their first operation, so eps = 8/256 here is 0.0625
 """
 import argparse
 import contextlib
+import contextvars
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -293,12 +296,31 @@ def weight_layers(model):
 # Attacks: pure functions on [0, 1] inputs, L-infinity. Crafted in eval mode (BatchNorm running statistics)
 # with no parameter gradients (authors' code; Pang et al. 2021); the model is left exactly as found.
 
+_PRECISION = contextvars.ContextVar("precision", default="bf16")
+
+
+@contextlib.contextmanager
+def _setting(var, value):
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def precision(p):
+    """Within it the models run in p on CUDA: 'bf16' (autocast, the default) or 'fp32' (evaluate.py --precision
+    fp32: is a bf16 attack as strong?). The CPU runs fp32 either way."""
+    return _setting(_PRECISION, p)
+
+
 def autocast(device):
-    """bf16 autocast on CUDA (no grad scaler needed), a null context elsewhere (fp32 on CPU). No cast cache: a
-    CUDA graph must not keep casts of an earlier step's weights, and at these sizes the casts cost nothing."""
+    """bf16 autocast on CUDA (no grad scaler needed), a null context elsewhere (fp32 on CPU) or under precision
+    fp32. No cast cache: a CUDA graph must not keep casts of an earlier step's weights, and at these sizes the
+    casts cost nothing."""
     dev = torch.device(device)
-    return (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if dev.type == "cuda"
-            else contextlib.nullcontext())
+    return (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+            if dev.type == "cuda" and _PRECISION.get() == "bf16" else contextlib.nullcontext())
 
 
 @contextlib.contextmanager
@@ -401,28 +423,42 @@ def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False
 
 def eval_step(model, kind=None, eps=EPS, alpha=None, steps=7, random_start=False, capture=None):
     """f(x, y) -> bool tensor: which inputs the model classifies correctly, clean or under a white-box attack
-    with the true labels. Captured per batch size (capture=None: on CUDA; see make_step), else eager."""
+    with the true labels. Captured per batch size where it can be (capture: auto, on or off; None: the
+    process's, see capturing), else eager."""
     def eager(x, y):
         if kind:
             x = attack(model, x, y, kind, eps, alpha, steps, random_start)
         return predict(model, x) == y
-    if capture is None:  # a random start differs on every call: not replayable
-        capture = _device_of(model).type == "cuda" and not random_start
-    if not capture:
-        return eager
-    graphs = _EVAL_GRAPHS.setdefault(model, {})
+    mode = capture or _CAPTURE.get()
+    why = why_eager(mode, _device_of(model), random_start)  # a random start differs on every call: not replayable
+    graphs = _CAPTURED.evals.setdefault(model, {})
 
-    def captured(x, y):
-        key = (kind, eps, alpha, steps, len(y))
+    def step(x, y):
+        if why or _CAPTURED.fallback:
+            return eager(x, y)
+        key = (kind, eps, alpha, steps, len(y), _PRECISION.get())
         if key not in graphs:  # attacks leave the model as found: nothing to restore after the warm-up
             xs, ys = x.clone(), y.clone()
-            graphs[key] = (xs, ys, *_capture(lambda: eager(xs, ys), []))
+            what = f"{kind or 'clean'} evaluation graph (batch {len(y)})"
+
+            def check(out):  # the first replay against eager predictions on the same batch
+                n = (out != eager(x, y)).sum().item()
+                return n / len(y), (f"{n} of {len(y)} predictions differ from eager ones (tolerance "
+                                    f"{CHECK_FRAC:.0%} of a batch)" if n > max(1, CHECK_FRAC * len(y)) else None)
+            if _CAPTURED.pool is None:
+                _CAPTURED.pool = torch.cuda.graph_pool_handle()
+            got = _capture(lambda: eager(xs, ys), [], (), [(xs, x), (ys, y)], check, what, mode == "on",
+                           _CAPTURED.pool)
+            if got is None:
+                return eager(x, y)
+            graphs[key] = (xs, ys, *got)
+            return got[1].clone()  # the first replay ran on x, y
         xs, ys, graph, out = graphs[key]
         xs.copy_(x)
         ys.copy_(y)
         graph.replay()
         return out.clone()
-    return captured
+    return step
 
 
 def accuracy(model, x, y, batch_size=500, kind=None, eps=EPS, steps=7, random_start=False, alpha=None):
@@ -440,65 +476,225 @@ def accuracy(model, x, y, batch_size=500, kind=None, eps=EPS, steps=7, random_st
 # Python code eager on the CPU (and for a batch of another size, the last partial one). A cohort (several
 # models trained by one process) records every member's step in one graph, each on its own CUDA stream, so
 # their kernels can overlap and fill the GPU. Every member keeps its own weights, optimiser and numbers.
+#
+# Safe on a first run (a new GPU, a torch version no test saw): --capture off (make CAPTURE=off) turns capture
+# off; a capture that raises, or a first replay that disagrees with an eager step (the self-check), makes the
+# process say so in one line and go on eagerly, with an eager run's results. What ran is recorded with the
+# results (steps_ran).
 
-_EVAL_GRAPHS = weakref.WeakKeyDictionary()  # model -> {(attack, eps, alpha, steps, batch): captured eval}
+CAPTURE = ("auto", "on", "off")  # auto: captured on CUDA where it can be; on: the same, but a failure stops the run
+_CAPTURE = contextvars.ContextVar("capture", default="auto")
+# The self-check's tolerances. No GPU has measured how far two eager runs of a bf16 step lie apart (`make
+# gpu-check` prints it), so they come from a bound, not a measurement. Captured and eager run the same kernels;
+# they can differ only where a library picks another algorithm or summation order inside the capture: a few bf16
+# roundings (2^-9 relative each) per value, a fraction of a percent after a deep network, more where an attack's
+# sign() flips on a near-zero gradient. A training step may differ from eager by CHECK_RTOL of what it changed
+# (its weight update, momentum, BatchNorm statistics; its loss; accuracies as a fraction of the batch); the
+# broken captures the check is for change them by 50% or more (a learning rate the graph does not see, momentum
+# left by the warm-up, another member's update). An evaluation graph may disagree with eager predictions on
+# CHECK_FRAC of a batch (at least one image): never more than one point on any accuracy.
+CHECK_RTOL = 0.05
+CHECK_FRAC = 0.01
+
+
+@dataclasses.dataclass
+class _Process:
+    """The captured steps of this process: graphs are the process's, not a call's."""
+    # every graph ever captured, never freed: in torch 2.14 CUDAGraph::reset clears the cuBLAS workspaces of its
+    # capture stream, which a graph still alive may use (an open upstream issue)
+    graphs: list = dataclasses.field(default_factory=list)
+    # model -> {(attack, eps, alpha, steps, batch, precision): (static x, static y, graph, output)}
+    evals: weakref.WeakKeyDictionary = dataclasses.field(default_factory=weakref.WeakKeyDictionary)
+    # the memory pool every evaluation graph shares: their replays never overlap, and each output is cloned at
+    # once, so one pool holds what the largest needs instead of the sum (a PGD graph at batch 500: ~1.3 GB)
+    pool: object = None
+    fallback: str = None  # why this process stopped capturing (a capture or a self-check failed): eager from then on
+    checks: list = dataclasses.field(default_factory=list)  # each graph's self-check: what, difference, seconds
+
+
+_CAPTURED = _Process()
+
+
+class _Mismatch(Exception):
+    """A first replay that differs from eager beyond bf16 noise."""
+
+
+def capturing(mode):
+    """Within it make_step and eval_step capture as mode says (auto, on, off) unless told otherwise: fit and
+    evaluate.py set the --capture flag here, for their validation and attacks too."""
+    return _setting(_CAPTURE, mode)
+
+
+def why_eager(capture, device, random_start=False):
+    """None where steps are captured, else why they run eagerly, as recorded: 'switch' (--capture off),
+    'fallback: ...' (a capture of this process failed), 'cpu', 'random start' (a replay cannot redraw it)."""
+    if (capture or _CAPTURE.get()) == "off":
+        return "switch"
+    if _CAPTURED.fallback:
+        return "fallback: " + _CAPTURED.fallback
+    if torch.device(device).type != "cuda":
+        return "cpu"
+    return "random start" if random_start else None
+
+
+def steps_ran(device, why, counts=None):
+    """What ran, as recorded with results (checkpoints' and X.eval.json's "steps_ran"): 'captured' or 'eager' and
+    why, how many steps ran each way, this process's self-checks, the device and the versions."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    why = why or ("fallback: " + _CAPTURED.fallback if _CAPTURED.fallback else None)
+    return {"steps": "eager" if why else "captured", "why": why, **(counts or {}),
+            "self_checks": list(_CAPTURED.checks),
+            "device": torch.cuda.get_device_name(dev) if cuda else "cpu", "torch": str(torch.__version__),
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "peak_memory_gib": round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if cuda else None}
 
 
 def _device_of(model):
     return next(iter(model.state_dict().values()), torch.empty(0)).device  # a model without weights: the CPU
 
 
-def _capture(fn, state, opts=()):
-    """Record fn() as a CUDA graph; returns (graph, fn's outputs), which each replay rewrites in place.
+def _set_lrs(opts, lrs):
+    for o, lr in zip(opts, lrs):
+        for g, v in zip(o.param_groups, lr):
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(v)
+            else:
+                g["lr"] = v
+
+
+def _capture(fn, state, opts, inputs, check, what, strict, pool=None):
+    """Record fn() as a CUDA graph and replay it once; returns (graph, fn's outputs, which each replay rewrites in
+    place), or None where any part failed: the process then runs eagerly (strict: the error stands).
 
     Three warm-up calls on a side stream come first (the PyTorch recipe: cuDNN's choices, the allocator, the
     optimiser's buffers). They are real updates, so `state` (the tensors fn changes in place) is restored after
     them, and the optimiser buffers they created start at zero: SGD's first step, buf = grad, equals
-    0.9 * 0 + grad. The replays then continue exactly where the eager run would.
+    0.9 * 0 + grad. The warm-up and the capture run on other inputs (the batch rolled by one image; `inputs` are
+    (static buffer, real batch) pairs) and a learning rate of 0, so that a graph which baked either in fails the
+    self-check: check(out) compares the first replay, on the real batch and learning rate, with eager and returns
+    (difference, None or what is wrong). On failure everything is put back as before the attempt.
     """
-    def opt_state():
-        return [t for o in opts for st in o.state.values() for t in st.values() if torch.is_tensor(t)]
     saved = [t.clone() for t in state]
-    known = {id(t): t.clone() for t in opt_state()}
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.no_grad():
-        for t, v in zip(state, saved):
-            t.copy_(v)
-        for t in opt_state():
-            t.copy_(known[id(t)]) if id(t) in known else t.zero_()
-    for o in opts:
-        o.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its own memory pool
+    before = [{p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in o.state.items()}
+              for o in opts]
+    lrs = [[float(g["lr"]) for g in o.param_groups] for o in opts]
+    stream, phase = torch.cuda.current_stream(), "warm-up"
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
+    _CAPTURED.graphs.append(graph)
+    try:
+        for xs, x in inputs:
+            xs.copy_(x.roll(1, 0))
+        _set_lrs(opts, [[0.0] * len(lr) for lr in lrs])
+        side = torch.cuda.Stream()
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        stream.wait_stream(side)
+        with torch.no_grad():
+            for t, v in zip(state, saved):
+                t.copy_(v)
+            for o, b in zip(opts, before):
+                for p, st in o.state.items():
+                    for k, t in st.items():
+                        if torch.is_tensor(t):
+                            t.copy_(b[p][k]) if k in b.get(p, {}) else t.zero_()
+        for o in opts:
+            o.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its own memory pool
+        phase = "capture"
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
+        phase = "first replay"
+        for xs, x in inputs:
+            xs.copy_(x)
+        _set_lrs(opts, lrs)
+        graph.replay()
+        phase = "self-check"
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        diff, wrong = check(out)
+        _CAPTURED.checks.append({"what": what, "difference": diff, "seconds": time.perf_counter() - t0})
+        if wrong:
+            raise _Mismatch(wrong)
+        return graph, out
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        reason = (f"the self-check of the captured {what} failed: {e}" if isinstance(e, _Mismatch) else
+                  f"capturing the {what} failed in its {phase} ({type(e).__name__}: {first})")
+        if strict:
+            raise RuntimeError(f"{reason}; --capture on stops here (auto would go on eagerly)") from e
+        torch.cuda.set_stream(stream)  # a capture that raised can leave its own stream current
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            for t, v in zip(state, saved):
+                t.copy_(v)
+        for o, b in zip(opts, before):  # the optimiser's state as before: buffers made since are dropped
+            o.state.clear()
+            o.state.update(b)
+            o.zero_grad(set_to_none=True)
+        _set_lrs(opts, lrs)
+        _CAPTURED.fallback = reason
+        print(f"warning: {reason}; continuing eagerly in this process (an eager run's results, slower); "
+              f"--capture off (make CAPTURE=off) skips capture", file=sys.stderr, flush=True)
+        return None
+
+
+def _member_state(m, o):
+    """What a training step changes in a member, by kind: weights, float buffers (BatchNorm statistics), integer
+    buffers (num_batches_tracked), momentum (zeros where there is none yet)."""
+    ps = list(m.parameters())
+    mom = [o.state.get(p, {}).get("momentum_buffer") for p in ps]
+    return {"weights": ps, "statistics": [b for b in m.buffers() if b.is_floating_point()],
+            "counters": [b for b in m.buffers() if not b.is_floating_point()],
+            "momentum": [torch.zeros_like(p) if b is None else b for p, b in zip(ps, mom)]}
+
+
+def step_difference(outs, want, got, ref, base, n):
+    """How far a training step lies from a reference step taken from the same state: outs/want are the members'
+    (loss, clean correct, adv correct), got/ref/base their _member_state after each step and before. Returns
+    (the largest relative difference, what it is): losses relative, accuracies as a fraction of the n images,
+    weights, statistics and momentum as |got - ref| / |ref - base|; unequal integer buffers count as infinite."""
+    def flat(ts):
+        return torch.cat([t.detach().flatten().float() for t in ts]) if ts else torch.zeros(1)
+    worst = (0.0, "nothing")
+    for i, (o, w, g, r, b) in enumerate(zip(outs, want, got, ref, base)):
+        same = all(torch.equal(x, y) for x, y in zip(g["counters"], r["counters"]))
+        d = {"loss": ((o[0] - w[0]).abs() / (w[0].abs() + 1e-12)).item(), "integer buffers": 0.0 if same else math.inf,
+             "clean accuracy": abs(o[1].item() - w[1].item()) / n,
+             "adversarial accuracy": abs(o[2].item() - w[2].item()) / n}
+        for k in ("weights", "statistics", "momentum"):
+            d[k + " update"] = ((flat(g[k]) - flat(r[k])).norm() / ((flat(r[k]) - flat(b[k])).norm() + 1e-12)).item()
+        k = max(d, key=d.get)
+        if d[k] > worst[0]:
+            worst = (d[k], f"member {i + 1}'s {k}")
+    return worst
 
 
 def make_step(models, opts, adv, eps=EPS, steps=7, random_start=False, label_fix=True, capture=None):
     """The training step of a cohort: step(batches, gens) -> [(loss, clean correct, adv correct)], one entry per
-    member, for batches [(x, y)] and random-start generators gens, one per member.
+    member, for batches [(x, y)] and random-start generators gens, one per member. step.ran says how the steps
+    ran: why they are eager (None: captured) and how many ran each way.
 
-    Eager: train_step for each member in turn, exactly a separate run's computation. Captured (capture=None:
-    on CUDA): all members in one graph; a random start is drawn from each member's own generator, which a
-    replay cannot redraw, so --random-start stays eager.
+    Eager: train_step for each member in turn, exactly a separate run's computation. Captured (capture auto or on,
+    on CUDA): all members in one graph; a random start is drawn from each member's own generator, which a replay
+    cannot redraw, so --random-start stays eager.
     """
-    capture = _device_of(models[0]).type == "cuda" and not random_start if capture is None else capture
+    mode = capture or _CAPTURE.get()
+    ran = {"why": why_eager(mode, _device_of(models[0]), random_start), "capture": mode, "captured": 0, "eager": 0,
+           "cohort": len(models)}
 
     def eager(batches, gens):
         return [train_step(m, o, x, y, adv, eps, steps, random_start, label_fix, g)
                 for m, o, (x, y), g in zip(models, opts, batches, gens)]
-    if not capture:
-        return eager
     g = {}
 
-    def captured(batches, gens):
-        if g and len(batches[0][1]) != len(g["ys"][0]):
-            return eager(batches, gens)  # the partial last batch: another shape than the graph's
+    def step(batches, gens):
+        if not ran["why"] and _CAPTURED.fallback:  # a capture of this process failed: eager from now on
+            ran["why"] = "fallback: " + _CAPTURED.fallback
+        if ran["why"] or (g and len(batches[0][1]) != len(g["ys"][0])):  # or the partial last batch: another shape
+            ran["eager"] += 1
+            return eager(batches, gens)
         if not g:
             g["xs"], g["ys"] = [x.clone() for x, _ in batches], [y.clone() for _, y in batches]
             streams = [torch.cuda.Stream() for _ in models]
@@ -513,13 +709,34 @@ def make_step(models, opts, adv, eps=EPS, steps=7, random_start=False, label_fix
                     main.wait_stream(s)  # ... and join, inside the graph
                 return outs
             state = [t for m in models for t in list(m.parameters()) + list(m.buffers())]
-            g["graph"], g["out"] = _capture(all_members, state, opts)
-        for xs, ys, (x, y) in zip(g["xs"], g["ys"], batches):
-            xs.copy_(x)
-            ys.copy_(y)
-        g["graph"].replay()
+            refs, ref_opts = copy.deepcopy((models, opts))  # the members as they are, for the self-check
+
+            def check(out):  # the first replay against an eager step of the copies, same batch, same state
+                base = [{k: [t.clone() for t in v] for k, v in _member_state(m, o).items()}
+                        for m, o in zip(refs, ref_opts)]
+                want = [train_step(m, o, x, y, adv, eps, steps, False, label_fix)
+                        for m, o, (x, y) in zip(refs, ref_opts, batches)]
+                d, where = step_difference(out, want, [_member_state(m, o) for m, o in zip(models, opts)],
+                                           [_member_state(m, o) for m, o in zip(refs, ref_opts)], base,
+                                           len(batches[0][1]))
+                return d, (f"{where} differs from an eager step's by {d:.1%} (tolerance {CHECK_RTOL:.0%})"
+                           if d > CHECK_RTOL else None)
+            what = f"training step ({len(models)} model{'s' * (len(models) > 1)})"
+            got = _capture(all_members, state, opts, list(zip(g["xs"] + g["ys"], [x for x, _ in batches] +
+                                                                [y for _, y in batches])), check, what, mode == "on")
+            if got is None:
+                g.clear()
+                return step(batches, gens)
+            g["graph"], g["out"] = got
+        else:
+            for xs, ys, (x, y) in zip(g["xs"], g["ys"], batches):
+                xs.copy_(x)
+                ys.copy_(y)
+            g["graph"].replay()
+        ran["captured"] += 1
         return g["out"]
-    return captured
+    step.ran = ran
+    return step
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -749,6 +966,8 @@ def add_training_args(p, epochs, wd, milestones, out):
     p.add_argument("--data-dir", default="data", help="torchvision root, a folder of *_train/test.npz, or 'synthetic'")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds, trained together")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    p.add_argument("--capture", choices=CAPTURE, default="auto", help="CUDA graphs for the steps: auto (where they "
+                   "can be; a failure goes on eagerly), on (a failure stops the run), off (eager; make CAPTURE=off)")
     p.add_argument("--force", action="store_true", help="retrain even if the output exists (it is replaced)")
     return p
 
@@ -788,7 +1007,7 @@ def member_paths(template, members, flag="--out"):
 def member(model, params, a, out, info, **values):
     """A cohort member for fit: its model, the parameters that train, its output, its recorded arguments (the
     script's flags with this member's own values: seed, unfreeze, ...) and what its checkpoint says of it."""
-    args = {k: v for k, v in vars(a).items() if k not in ("device", "force")}
+    args = {k: v for k, v in vars(a).items() if k not in ("device", "force", "capture")}  # how, not what
     return dict(model=model, params=params, out=out, args={**args, **values, "out": out}, info=info)
 
 
@@ -796,7 +1015,7 @@ def fit_options(a):
     """fit's settings from the flags add_training_args defined (the scripts' one bridge to the library)."""
     return dict(epochs=a.epochs, lr=a.lr, wd=a.wd, milestones=a.milestones, batch_size=a.batch_size,
                 eps=a.eps / 256, steps=a.steps, random_start=a.random_start, label_fix=a.label_fix,
-                data_dir=a.data_dir, limit=a.limit, device=a.device, force=a.force)
+                data_dir=a.data_dir, limit=a.limit, device=a.device, force=a.force, capture=a.capture)
 
 
 def lr_at(epoch, lr, epochs, milestones):
@@ -863,21 +1082,27 @@ def _start(m, opt, lr, epochs, force):
                          f"the same ones to resume it, or --force to start afresh")
     m["model"].load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
+    for g in opt.param_groups:  # load_state_dict takes fused/foreach from the checkpoint: keep this device's
+        g.update(fused=opt.defaults["fused"], foreach=opt.defaults["foreach"])  # (CPU's foreach SGD breaks a capture)
+    m["info"]["steps_ran"] = list(ck.get("steps_ran") or [])  # what ran before, kept; this process adds its own
     for g in opt.param_groups:
         g["lr"] = torch.tensor(lr, device=g["params"][0].device) if g["params"][0].is_cuda else lr
     return min(ck["epoch"], epochs), ck["best"], ck["rows"]
 
 
 def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, steps, random_start=False,
-        label_fix=True, data_dir="data", limit=None, device="auto", force=False, freeze_bn=False):
+        label_fix=True, data_dir="data", limit=None, device="auto", force=False, freeze_bn=False, capture="auto"):
     """Train a cohort with the mixed objective (adv) on `dataset`. Each member is a dict: model, params (what
     trains), out (X.pt), args (its recorded flags: the resume check) and info (what its checkpoint says of it:
     arch, num_classes, role, ...). Per member: the best-validation weights (clean accuracy for natural runs, the
     mean of clean and adversarial for adversarial ones, as the authors) in X.pt, X.json beside it, everything to
     resume in X.last.pt, a row per epoch in X.jsonl, its lines appended to X.log. A finished member (X.pt newer
-    than its init) is skipped unless force. Returns the summaries of the members trained."""
+    than its init) is skipped unless force. capture: auto, on or off (make_step). Returns the summaries of the
+    members trained."""
     device = pick_device(device)
     cuda = device.startswith("cuda")
+    if capture == "on" and not cuda:
+        raise UsageError(f"--capture on needs CUDA (this run is on {device}); use --capture auto or off")
     for m in members:
         check_writable(m["out"])
         if m["info"]["num_classes"] != NUM_CLASSES[dataset]:
@@ -911,6 +1136,7 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         if score > m["best"]["score"]:
             m["best"] = {"score": score, "epoch": epoch + 1, "metrics": row,
                          "model": {n: v.detach().cpu().clone() for n, v in net.state_dict().items()}}
+        _record(m, step, epoch, k, device)
         atomic_save({**m["info"], "args": m["args"], "epoch": epoch + 1, "model": net.state_dict(),
                      "optimizer": m["opt"].state_dict(), "best": m["best"], "rows": m["rows"]},
                     m["out"][:-3] + ".last.pt")
@@ -926,6 +1152,7 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
                + (f" (x{k} models)" if k > 1 else "") + f" | {_fmt_time(dt)} | left {_fmt_time(left)}")
 
     with contextlib.ExitStack() as held:
+        held.enter_context(capturing(capture))  # the training steps and the validation's attacks
         todo = []
         for m in members:
             held.enter_context(output_lock(m["out"]))  # every output ours alone for the whole run
@@ -1016,6 +1243,17 @@ def _diverged(m, epoch, lr, n_steps):
                      f"{step}, learning rate {lr:g}; {kept}. Try a lower --lr, and --force to start afresh")
     say(m, "stopped: " + m["diverged"])
     return True
+
+
+def _record(m, step, epoch, k, device):
+    """Member m's "steps_ran", saved with its checkpoints through info: one entry per process and cohort that
+    trained it (its epochs, cohort size, captured or eager and why: steps_ran)."""
+    runs = m["info"].setdefault("steps_ran", [])
+    if m.get("step") is not step:  # this process's first epoch of m, or a member joined the cohort: another graph
+        m["step"] = step
+        runs.append({"epochs": [epoch + 1, epoch + 1]})
+    runs[-1].update(epochs=[runs[-1]["epochs"][0], epoch + 1],
+                    **steps_ran(device, step.ran["why"], {k: v for k, v in step.ran.items() if k != "why"}))
 
 
 def say(m, line):

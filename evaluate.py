@@ -63,6 +63,10 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     p.add_argument("--device", default="auto")
+    p.add_argument("--capture", choices=c.CAPTURE, default="auto", help="CUDA graphs for the attacks: auto (where "
+                   "they can be; a failure goes on eagerly), on (a failure stops the run), off (eager)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="the models' precision on CUDA (default bf16, autocast; the CPU runs fp32)")
     return p.parse_args(argv)
 
 
@@ -211,7 +215,7 @@ def training_record(ck):
     return {"arch": ck["arch"], "growth": ck.get("growth"), **{k: args.get(k) for k in TRAIN_ARGS},
             "n_train": ck.get("n_train"), "n_val": ck.get("n_val"), "init": ck.get("init"),
             "epoch": ck.get("epoch"), "val": ck.get("metrics"), "collapse": ck.get("collapse"),
-            "rows": ck.get("rows") or [], "provenance": ck.get("provenance")}
+            "rows": ck.get("rows") or [], "provenance": ck.get("provenance"), "steps_ran": ck.get("steps_ran")}
 
 
 def main(argv=None):
@@ -225,7 +229,6 @@ def main(argv=None):
     if a.curve and not all(0 <= e < math.inf for e in a.curve_eps):
         raise c.UsageError(f"--curve-eps {' '.join(f'{e:g}' for e in a.curve_eps)}: each eps must be non-negative "
                            f"(in /256, e.g. --curve-eps 0 2 4 8 16 32)")
-    c.pick_device(a.device)
     if a.autoattack:  # a missing package is reported now, not after the whole evaluation
         try:
             import torchattacks  # noqa: F401
@@ -235,6 +238,12 @@ def main(argv=None):
         raise c.UsageError(f"--craft-from writes a tensor file: give --out FILE.pt, not {a.out!r}")
     if not a.craft_from and (not a.ckpt or not a.out.endswith(".json")):
         raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
+    device = c.pick_device(a.device)
+    cuda = device.startswith("cuda")
+    if not cuda and (a.capture == "on" or a.precision == "bf16"):
+        flag = "--capture on" if a.capture == "on" else "--precision bf16"
+        raise c.UsageError(f"{flag} needs CUDA (this run is on {device}, in fp32); leave it out or use --device cuda")
+    a.precision = a.precision or ("bf16" if cuda else "fp32")
     for flag, path in (("--ckpt", a.ckpt), ("--craft-from", a.craft_from)):
         if path:
             check_model_file(flag, path)
@@ -242,10 +251,10 @@ def main(argv=None):
         say(f"{a.out} exists with the same inputs: nothing to do (--force redoes it)")
         return
     c.check_writable(a.out)  # before any work: a result that cannot be saved is lost
-    device = c.pick_device(a.device)
     torch.manual_seed(a.seed)
     if a.craft_from:
-        return craft_blackbox(a, device)
+        with c.capturing(a.capture), c.precision(a.precision):
+            return craft_blackbox(a, device)
     ck = c.load_checkpoint(a.ckpt)
     role = ck.get("role")
     if role not in ROLES:
@@ -261,7 +270,7 @@ def main(argv=None):
     bb = None
     if a.blackbox and dataset == "cifar10" and role != "blackbox":
         bb = load_blackbox(a.blackbox, y, a, x)
-    with c.output_lock(a.out):
+    with c.output_lock(a.out), c.capturing(a.capture), c.precision(a.precision):
         evaluate(a, ck, model, x, y, bb, dataset, device)
 
 
@@ -282,7 +291,8 @@ def inputs(a):
     other inputs is refused instead of keeping a stale result. Batch size and device change no number (beyond
     rounding) and are not part of it."""
     rec = {"ckpt": sha256(a.ckpt), "craft_from": sha256(a.craft_from), "blackbox": sha256(a.blackbox),
-           "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "eps": a.eps, "steps": a.steps}
+           "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "eps": a.eps, "steps": a.steps,
+           "precision": a.precision}
     if not a.craft_from:
         rec.update(strong=a.strong, strong_steps=a.strong_steps if a.strong else None,
                    restarts=a.restarts if a.strong else None, seed=a.seed, autoattack=a.autoattack,
@@ -388,6 +398,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                                         "source_arch": bb.get("source_arch")}} if bb is not None else {})},
            "acc": acc, "curve": curve, "flags": flags, "train": training_record(ck),
            "eval_seed": a.seed, "inputs": inputs(a), "wall_s": time.time() - t0, **c.provenance(device)}
+    res["steps_ran"] = {**c.steps_ran(device, c.why_eager(a.capture, device)), "precision": a.precision}
     c.atomic_save(res, a.out)
     cols = "  ".join(f"{k} {v:.1f}%" for k, v in acc.items())
     say(f"{cols}  ({time.time() - t0:.0f}s)")

@@ -277,6 +277,25 @@ def md_table(head, rows):
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
 
 
+def steps_text(e):
+    """How one evaluation's and its training's steps ran, as recorded (common.steps_ran): captured or eager and why,
+    the cohort, the precision of the attacks, the device and versions. None where nothing was recorded."""
+    def how(r):
+        return (("captured" if r["steps"] == "captured" else f"eager ({r['why']})")
+                + (f" (cohort {r['cohort']})" if r.get("cohort", 1) > 1 else ""))
+    train = (e.get("train") or {}).get("steps_ran") or []  # an entry per process and cohort: a resumed run has several
+    ev = e.get("steps_ran")
+    parts = []
+    if train:
+        parts.append("train " + ", ".join(how(r) if len(train) == 1 else f"epochs {r['epochs'][0]}-{r['epochs'][1]} "
+                                          f"{how(r)}" for r in train))
+    if ev:
+        parts.append(f"eval {how(ev)}, {ev.get('precision')}")
+    cuda = lambda r: f", CUDA {r['cuda']}" if r["device"] != "cpu" else ""  # noqa: E731
+    parts += dict.fromkeys(f"{r['device']}, torch {r['torch']}{cuda(r)}" for r in train + ([ev] if ev else []))
+    return "; ".join(parts).replace("|", "/") or None  # a table cell
+
+
 def what_ran(g):
     """Per model that ran, what its runs recorded (several seeds: their distinct values)."""
     def vals(es, get):
@@ -291,9 +310,10 @@ def what_ran(g):
         if es:
             rows.append([f"`{label(es[0])}`"] + [vals(es, tr(f)) for f in ("arch", "epochs", "epoch", "n_train",
                                                                           "n_val", "batch_size")]
-                        + [vals(es, lambda e: e.get("n_test")), ", ".join(str(e["seed"]) for e in es)])
+                        + [vals(es, lambda e: e.get("n_test")), ", ".join(str(e["seed"]) for e in es),
+                           vals(es, steps_text)])
     return md_table(["Network", "arch", "epochs", "kept epoch", "training images", "validation images", "batch",
-                     "test images", "seeds"], rows) if rows else "no evaluations\n"
+                     "test images", "seeds", "steps ran"], rows) if rows else "no evaluations\n"
 
 
 def tables(g, flags, extra):

@@ -369,7 +369,7 @@ def test_what_ran_table(tmp_path):
         line = next(line for line in table.splitlines() if line.startswith("| `R_pgd`"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells == ["`R_pgd`", "resnet56", "20, 21, 22", "7, 8, 9", "47,500", "2,500", "100", "10,000",
-                         "0, 1, 2"]
+                         "0, 1, 2", report.MISSING]  # steps ran: not recorded here
         assert "| `DenseNet121` | densenet121 | 200 |" in table
     assert "`R_{nat->pgd} 1`" in read(out, "table1.md").split("## What ran")[1]
 
@@ -441,7 +441,7 @@ def test_report_of_real_evaluations(tmp_path, tiny_source, tiny_baseline, tiny_d
     line = next(line for line in ran.splitlines() if line.startswith("| `R_fgsm`"))
     cells = [x.strip() for x in line.strip("|").split("|")]
     assert cells == ["`R_fgsm`", "resnet8", "1", str(ck["epoch"]), str(ck["n_train"]), str(ck["n_val"]), "20",
-                     str(n), "0"]
+                     str(n), "0", f"train eager (cpu); eval eager (cpu), fp32; cpu, torch {torch.__version__}"]
     assert "| `CIFAR-100 source nat` | resnet8 |" in ran and "| `DenseNet121` | densenet121 | 1 |" in ran
     # a smoke-sized run says so at the top, in the terminal too, with the values it recorded
     top = rep.split("\n## ")[0]

@@ -11,7 +11,8 @@ import common as c
 import train_source
 import transfer
 
-TIMING = {"seconds", "images_per_s", "date", "wall_s"}  # the only things two identical runs may differ in
+# the only things two identical runs may differ in: when, how fast, and how their steps ran (device, cohort, ...)
+TIMING = {"seconds", "images_per_s", "date", "wall_s", "steps_ran"}
 
 
 def rows_of(path):

@@ -8,8 +8,10 @@ fit runs) oneDNN picks other kernels, and only rounding may differ. A few second
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -122,3 +124,41 @@ def test_make_all_estimate_counts_the_dag():
     one_eval = 10_000 * (3 + 10 + 6)
     assert est["stages_h"]["evaluations"] * 3600 == pytest.approx(33 * one_eval + 30 * 2 * 10_000)
     assert est["critical_path_h"] * 3600 == pytest.approx(200 * adv_epoch + 3 * 50 * adv_epoch + one_eval)
+
+
+def test_gpu_check_summary(tmp_path, capsys):
+    """`make gpu-check`'s summary block from its parts' files (here made up): tests, rates, steps, make all, peak
+    memory, self-check and the bf16-vs-fp32 verdict; exit status 1 on a fallback or a missing part."""
+    def write(name, obj):
+        (tmp_path / name).write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    ran = {"steps": "captured", "why": None, "peak_memory_gib": 3.25}
+    write("start", f"{time.time() - 200:.0f}\n")
+    write("tests.log", "............\n12 passed in 61.20s\n")
+    write("bench.json", {"provenance": {"device_name": "NVIDIA H200", "torch": "2.14.1", "cuda": "13.0"},
+                         "rows": {"resnet56/train/pgd": {"img_s": {"reference": 600.0, "eager": 800.0,
+                                                                   "captured": 3200.0, "cohort3": 6000.0}}},
+                         "make_all": {"total_h": 30.0, "critical_path_h": 8.0}, "fallback": None, "wall_s": 90.0,
+                         "self_check": {"train_captured_vs_eager": 0.003, "train_eager_vs_eager": 0.001,
+                                        "tolerance_train": 0.05, "eval_captured_vs_eager": 0.0,
+                                        "eval_eager_vs_eager": 0.0, "tolerance_eval": 0.01, "make_all_frac": 0.0004}})
+    for n in ("resnet56", "densenet121"):
+        write(n + ".json", {"steps_ran": [ran], "wall_s": 20.0})
+    write("resnet56-bf16.eval.json", {"acc": {"wb_pgd": 40.0, "wb_strong": 30.0}, "n_test": 1000, "steps_ran": ran,
+                                      "wall_s": 30.0})
+    write("resnet56-fp32.eval.json", {"acc": {"wb_pgd": 41.0, "wb_strong": 36.0}, "n_test": 1000, "steps_ran": ran,
+                                      "wall_s": 40.0})
+    write("densenet121.eval.json", {"acc": {}, "n_test": 1000, "steps_ran": {**ran, "peak_memory_gib": 5.0}})
+    assert bench.summary(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "NVIDIA H200" in out and "12 passed in 61.20s" in out and re.search(r"3m[12]\ds in all", out)
+    assert "PGD-7 training: reference 600, eager 800, captured 3,200, cohort3 6,000 (captured 4.0x eager)" in out
+    assert "captured in every run" in out and "30.0 h on this GPU" in out
+    assert "evaluation ResNet56 3.2 GiB" in out and "DenseNet121 5.0 GiB" in out
+    assert "training captured vs eager 0.30%, eager vs eager 0.10% (tolerance 5.00%)" in out
+    assert "WB-PGD: bf16 40.0%, fp32 41.0%, difference -1.0 points" in out  # within two SE (~3 points on 1,000)
+    assert "beyond noise on WB-strong" in out and out.rstrip().endswith("OK")
+    write("densenet121.json", {"steps_ran": [{**ran, "steps": "eager", "why": "fallback: capturing failed"}]})
+    (tmp_path / "resnet56-fp32.eval.json").unlink()
+    assert bench.summary(str(tmp_path)) == 1
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert "PROBLEMS" in last and "resnet56-fp32.eval.json missing" in last and "fallback: capturing failed" in last
