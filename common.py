@@ -1163,7 +1163,7 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
                                        weight_decay=wd, fused=cuda or None)
             st = _start(m, m["opt"], lr, epochs, force)
             if st is None:
-                print(f"{m['out']} exists; nothing to do (--force retrains it)")
+                print(f"[{_who([m])}] {m['out']} exists; nothing to do (--force retrains it)", flush=True)
                 continue
             m["start"], m["best"], m["rows"] = st
             m["log"] = held.enter_context(open(m["out"][:-3] + ".log", "a" if m["start"] else "w"))  # resumed: append
