@@ -452,17 +452,21 @@ def _test(nums, sides, margin, kind, alpha, dens=()):
     if not seeds:
         return Comparison(f"not testable here (no seed common to {', '.join(dict.fromkeys(n for *_, n in nums))})")
     used = [[next(e for e in ev if e["seed"] == s) for s in seeds] for ev, _, _ in nums]  # [number][seed]
-    per_seed = [sides([u[j]["acc"][col] for u, (_, col, _) in zip(used, nums)]) for j in range(len(seeds))]
-    d = [l - r for l, r in per_seed]
     acc = [statistics.mean(e["acc"][col] for e in u) for u, (_, col, _) in zip(used, nums)]
-    # the weight of each number in D, at the mean accuracies (exact for sums, the delta method for a share)
-    def diff(v):
-        return (lambda lr: lr[0] - lr[1])(sides(v))
-    h = 1e-4
-    g = [(diff(acc[:i] + [a + h] + acc[i + 1:]) - diff(acc[:i] + [a - h] + acc[i + 1:])) / (2 * h)
-         for i, a in enumerate(acc)]
     notes, s_n = [], len(seeds)
     q = t_quantile(1 - alpha, s_n - 1 if s_n > 1 else None)
+    for i in dens:  # a share of nothing is undefined: its baseline must be measurably above 0 (and at every seed)
+        n = min(e.get("n_test") or 10_000 for e in used[i])
+        if acc[i] - q * binomial_se(acc[i], n) <= 0 or min(e["acc"][nums[i][1]] for e in used[i]) <= 0:
+            return Comparison(f"not testable here ({nums[i][2]} {HEAD[nums[i][1]]} is {acc[i]:.1f}%, not measurably "
+                              f"above 0: no robustness to take a share of)")
+    per_seed = [sides([u[j]["acc"][col] for u, (_, col, _) in zip(used, nums)]) for j in range(len(seeds))]
+    d = [l - r for l, r in per_seed]
+    # the weight of each number in D, at the mean accuracies (exact for sums, the delta method for a share)
+    h, g = 1e-4, []
+    for i, a in enumerate(acc):
+        (l1, r1), (l0, r0) = sides(acc[:i] + [a + h] + acc[i + 1:]), sides(acc[:i] + [a - h] + acc[i + 1:])
+        g.append((l1 - r1 - l0 + r0) / (2 * h))
     ns = {e.get("n_test") for u in used for e in u} | {(e.get("per_image") or {}).get("n") for u in used for e in u}
     same = len(ns) == 1 and len({e.get("data_dir") for u in used for e in u}) == 1
     b = [[bits(e, col) for e in u] for u, (_, col, _) in zip(used, nums)] if same else None
@@ -480,12 +484,6 @@ def _test(nums, sides, margin, kind, alpha, dens=()):
         n = min(e.get("n_test") or 10_000 for u in used for e in u)
         se_test = sum(abs(gi) * binomial_se(a, n) for gi, a in zip(g, acc))
         notes.append("no per-image results to pair: unpaired bound")
-    for i in dens:
-        n = min(e.get("n_test") or 10_000 for e in used[i])
-        if acc[i] - q * binomial_se(acc[i], n) <= 0:
-            return Comparison(f"not testable here ({nums[i][2]} {HEAD[nums[i][1]]} is {acc[i]:.1f}%, not measurably "
-                              f"above 0: no "
-                              f"robustness to take a share of)")
     se_seed = statistics.stdev(d) / math.sqrt(s_n) if s_n > 1 else 0.0
     if s_n == 1:
         notes.insert(0, ONE_SEED)
@@ -690,28 +688,27 @@ def paper_value(test):
 
 
 def claims_md(g):
-    """claims.md's text, and the summary for report.md: ([(i, claim, verdict)], the one-line count)."""
+    """claims.md's text, and report.md's summary of it: [(claim number, title, verdict)]."""
     def pts(x):
         return f"{x:+.1f}"
     text, summary = ["# The paper's claims, checked\n", CLAIMS_RULE], []
     for i, claim in enumerate(CLAIMS, 1):
         v, res = claim_verdict(claim, g)
-        pv = []
-        for t in claim.tests:
-            p = paper_value(t)
-            pv.append(None if p is None else judge(p[2], p[2], t[2], t[1]))
-        pverdict = "holds" if all(x == "holds" for x in pv) else "contradicted" if "contradicted" in pv else \
-            "inconclusive"
         summary.append((i, claim.title, v))
-        rows = []
+        rows, pv = [], []
         for t, c in zip(claim.tests, res):
             p = paper_value(t)
+            pv.append(None if p is None else judge(p[2], p[2], t[2], t[1]))
             rows.append([t[0], MISSING if p is None else f"{p[0]:.1f} vs {p[1]:.1f}: {pts(p[2])}",
                          MISSING if c.estimate is None else f"{c.lhs:.1f} vs {c.rhs:.1f}: {pts(c.estimate)} "
                          f"[{pts(c.lo)}, {pts(c.hi)}], se {c.se:.2f}", c.seeds or MISSING,
                          "; ".join([c.verdict] + c.notes)])
+        pverdict = "holds" if all(x == "holds" for x in pv) else "contradicted" if "contradicted" in pv else \
+            "inconclusive"
+        k = len(claim.tests)
         text += [f"## Claim {i}: {claim.title}\n", f"> \"{claim.quote}\" ({claim.where})\n",
-                 f"Tested: {claim.reading}.\n",
+                 f"Tested: {claim.reading}. Intervals: {100 * (1 - 2 * ALPHA / k):.4g}% two-sided (k = {k} "
+                 f"comparison{'s' if k > 1 else ''}).\n",
                  md_table(["comparison", "paper", "reproduced: lhs vs rhs: D [interval], se", "seeds", "verdict"],
                           rows), f"**Verdict: {v}** (the paper's numbers: {pverdict})\n"]
     text.append("The heatmaps (Figures 2-5) are shown, not tested: fig2.png - fig5.png in report.md.\n")

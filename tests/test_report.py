@@ -175,7 +175,7 @@ def verdicts(run):
     return [part.split("**Verdict: ")[1].split("**")[0] for part in text.split("## Claim ")[1:]]
 
 
-ONE = ", " + report.ONE_SEED
+ONE = ", 1 seed: seed variation not measured"  # the label the issue asks for, word for word
 
 
 def test_claims_flip(tmp_path):
@@ -325,6 +325,13 @@ def test_flagged_rows_decide_nothing(tmp_path):
     out = build(tmp_path)
     assert "not testable here (flagged" in read(out, "claims.md")
     assert "**R_{pgd->pgd} 56** seed 0: `constant-class`" in read(out, "report.md")
+
+
+def test_a_share_of_nothing_is_not_testable(tmp_path):
+    """Claim 3 compares shares of the baselines' white-box accuracy: a baseline at 0% has none to share."""
+    full_run(tmp_path, bits="comonotone", override={"fgsm": {"wb_pgd": 0.0}})
+    assert verdicts(tmp_path)[2] == ("not testable here (R_fgsm WB-PGD is 0.0%, not measurably above 0: no robustness "
+                                     "to take a share of)")
 
 
 def test_claims_as_the_paper_states_them_and_the_rule(tmp_path):
