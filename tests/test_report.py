@@ -299,7 +299,8 @@ def test_one_seed_on_few_images_is_inconclusive_either_way(tmp_path):
     # paired, two models right on none of 50 images agree on every image, which is still no proof that they differ
     # by less than the paper's 5.2 points (the smoke's case: it once read "contradicted")
     for k in ("pgd", "pgd-pgd-56"):
-        write_eval(tmp_path / "agree", k, {**paper_acc(k), "wb_pgd": 0.0}, n_test=50, bits={"wb_pgd": np.zeros(50, bool)})
+        write_eval(tmp_path / "agree", k, {**paper_acc(k), "wb_pgd": 0.0}, n_test=50,
+                   bits={"wb_pgd": np.zeros(50, bool)})
     assert verdicts(tmp_path / "agree")[0] == "inconclusive (consistent with the paper's +5.2 and with none)" + ONE
 
 
