@@ -1117,6 +1117,8 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
     n_mon = min(256, len(xtr) // 8)
+    # the validation attack, named in the logs: the training's own (FGSM with predicted labels under the fix)
+    val_attack = "fgsm(pred. labels)" if adv == "fgsm" and label_fix else f"{adv}(true labels)"
     xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
     spent = [0.0]  # seconds of the epochs trained in this process, validation included: the time-left estimate
 
@@ -1125,13 +1127,18 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         loss, tr_clean, tr_adv = (m["tot"] / len(xtr) * torch.tensor([1.0, 100, 100], device=device)).tolist()
         net = m["model"]
         val_clean = accuracy(net, xva, yva)
-        val_adv = accuracy(net, xva, yva, kind=adv, eps=eps, steps=steps) if adv != "nat" else None
+        if adv == "fgsm" and label_fix:  # the attack the model trains on: FGSM crafted with its own predictions
+            right = sum(int((predict(net, fgsm(net, xb, predict(net, xb), eps)) == yb).sum())
+                        for xb, yb in batches(xva, yva, 500))
+            val_adv = 100 * right / len(xva)
+        else:
+            val_adv = accuracy(net, xva, yva, kind=adv, eps=eps, steps=steps) if adv != "nat" else None
         mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=steps) if adv != "nat" else None
         score = val_clean if val_adv is None else (val_clean + val_adv) / 2
         row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_clean": tr_clean, "val_clean": val_clean,
                "seconds": dt, "images_per_s": len(xtr) / dt}
         if adv != "nat":
-            row.update(train_adv=tr_adv, val_adv=val_adv, train_batch_pgd=mon_pgd)
+            row.update(train_adv=tr_adv, val_adv=val_adv, val_attack=val_attack, train_batch_pgd=mon_pgd)
         m["rows"].append(row)
         if score > m["best"]["score"]:
             m["best"] = {"score": score, "epoch": epoch + 1, "metrics": row,
@@ -1145,7 +1152,7 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
             f.writelines(json.dumps(r) + "\n" for r in m["rows"])
         os.replace(log + ".tmp", log)
         adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
-        vadv_txt = "" if adv == "nat" else f" {adv} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
+        vadv_txt = "" if adv == "nat" else f" {val_attack} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
         left = (epochs - epoch - 1) * (spent[0] + time.time() - t0) / (epoch + 1 - first)
         say(m, f"epoch {epoch + 1:3d}/{epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
                f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s"

@@ -19,6 +19,7 @@ data): rerun with the same inputs it does nothing, with others it refuses and na
 redoes it. Two runs on one --out cannot overlap: the second stops at once.
 """
 import argparse
+import base64
 import functools
 import hashlib
 import json
@@ -27,6 +28,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 import common as c
@@ -121,13 +123,37 @@ def noise_tol(clean, n):
     return max(TOL, 2 * c.binomial_se(clean, n))
 
 
-def sanity_flags(acc, curve=None, tol=TOL):
-    """What a sound evaluation never shows; each flag names the check and the numbers that tripped it."""
+def chance_level(acc, n, classes):
+    """True when an accuracy of acc % on n images is not above chance (100/classes %) by more than two binomial
+    standard errors: the model has learnt nothing the test set can show."""
+    chance = 100 / classes
+    return acc <= chance + 2 * c.binomial_se(chance, n)
+
+
+def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=None, bb_source=None):
+    """What a sound evaluation never shows; each flag names the check and the numbers that tripped it.
+
+    n (test images) and classes enable the chance-level check, pred_counts (clean predictions per class) the
+    constant-class one, bb_source ((clean accuracy %, test images) of the black-box source) the check that the
+    black-box examples come from a model that learnt something."""
     f = []
 
     def flag(check, detail):
         f.append({"check": check, "detail": detail})
     e, a = (curve["eps_256"], curve["acc"]) if curve else ([], [])
+    # a broken model first: every other number of its row means nothing
+    if pred_counts and sum(pred_counts) and max(pred_counts) > 0.9 * sum(pred_counts):
+        k = max(range(len(pred_counts)), key=pred_counts.__getitem__)
+        flag("constant-class", f"class {k} takes {100 * pred_counts[k] / sum(pred_counts):.0f}% of the clean "
+                               f"predictions: a (near-)constant predictor, its attacked accuracies are that class's "
+                               f"share of the test set, not robustness")
+    if n and classes and chance_level(acc["clean"], n, classes):
+        flag("chance-level", f"clean {acc['clean']:.1f}% is not above chance ({100 / classes:g}% for {classes} "
+                             f"classes) by more than two standard errors on {n} images: the model learnt nothing "
+                             f"measurable")
+    if bb_source and chance_level(bb_source[0], bb_source[1], 10):
+        flag("bb-source-at-chance", f"the black-box source is at chance ({bb_source[0]:.1f}% clean on "
+                                    f"{bb_source[1]} images): its examples are noise, not black-box attacks")
     if 0 in e and abs(a[e.index(0)] - acc["clean"]) > 1e-9:
         flag("eps0-not-clean", f"PGD at eps 0 gives {a[e.index(0)]:.1f}% but clean is {acc['clean']:.1f}%: "
                                f"the evaluation is not deterministic or the attack changes inputs at eps 0")
@@ -145,18 +171,31 @@ def sanity_flags(acc, curve=None, tol=TOL):
     if acc.get("wb_strong") is not None and acc["wb_strong"] > acc["wb_pgd"] + tol:
         flag("strong-above-pgd", f"WB-strong {acc['wb_strong']:.1f}% > WB-PGD-7 {acc['wb_pgd']:.1f}%: more steps "
                                  f"and restarts should never do worse")
+    # The paper's WB-PGD column is PGD-7 without restarts; a far lower WB-strong means PGD-7 stopped short
+    gap = max(2.0, 2 * c.binomial_se(acc["wb_pgd"], n) if n and acc.get("wb_pgd") is not None else 0)
+    if acc.get("wb_strong") is not None and acc["wb_strong"] < acc["wb_pgd"] - gap:
+        flag("pgd-not-converged", f"WB-strong {acc['wb_strong']:.1f}% is more than {gap:.1f} points below WB-PGD-7 "
+                                  f"{acc['wb_pgd']:.1f}%: PGD-7 overstates robustness, the attack has not converged")
     for k in ("fgsm", "pgd"):
         bb, wb = acc.get("bb_" + k), acc.get("wb_" + k)
         if bb is not None and wb is not None and bb + tol < wb:
             flag("bb-below-wb", f"BB-{k.upper()} {bb:.1f}% < WB-{k.upper()} {wb:.1f}%: a transferred attack beats the "
                                 f"white-box one, so the white-box gradients are misleading (masking)")
-    # any attack, white-box, black-box or a point of the curve, scoring above the clean input
-    attacked = [(k, acc.get(k)) for k in ("wb_fgsm", "wb_pgd", "bb_fgsm", "bb_pgd")] + \
+    # a white-box attack (or a point of the curve) scoring above the clean input: label leaking
+    attacked = [(k, acc.get(k)) for k in ("wb_fgsm", "wb_pgd")] + \
         [(f"PGD at eps {x}/256", y) for x, y in zip(e, a) if x > 0]
     for k, v in attacked:
         if v is not None and v > acc["clean"] + tol:
             flag("adv-above-clean", f"{k} {v:.1f}% > clean {acc['clean']:.1f}%: label leaking, the model "
                                     f"reads the perturbation")
+            break
+    # black-box examples are crafted on another model: above clean they help this model instead of attacking it
+    for k in ("bb_fgsm", "bb_pgd"):
+        v = acc.get(k)
+        if v is not None and v > acc["clean"] + tol:
+            flag("bb-above-clean", f"{k} {v:.1f}% > clean {acc['clean']:.1f}%: the DenseNet's examples help this model "
+                                   f"rather than attack it; not label leaking (they are not crafted on it), but no "
+                                   f"black-box robustness can be read from them")
             break
     return f
 
@@ -348,10 +387,11 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     # the paper's attacks, captured on CUDA (common.eval_step); the strong one starts at random points: eager
     clean, fgsm, pgd = (c.eval_step(model), c.eval_step(model, "fgsm", eps),
                         c.eval_step(model, "pgd", eps, eps / 4, a.steps))
-    done = 0
+    done, counts = 0, torch.zeros(c.NUM_CLASSES[dataset], dtype=torch.long, device=y.device)
     for i, (xb, yb) in enumerate(c.batches(x, y, a.batch_size)):
         done += len(yb)
         ok["clean"].append(clean(xb, yb))
+        counts += torch.bincount(c.predict(model, xb), minlength=len(counts))  # the constant-class check
         ok["wb_fgsm"].append(fgsm(xb, yb))
         progress("WB-FGSM", done, 2 * len(yb))
         ok["wb_pgd"].append(pgd(xb, yb))
@@ -383,7 +423,8 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                 done += len(yb)
                 progress(f"curve, PGD-{a.steps} at eps {e:g}/256", done, a.steps * len(yb))
             curve["acc"].append(100 * right / max(1, n))
-    flags = sanity_flags(acc, curve, noise_tol(acc["clean"], n))
+    flags = sanity_flags(acc, curve, noise_tol(acc["clean"], n), n, c.NUM_CLASSES[dataset], counts.tolist(),
+                         None if bb is None or "source_acc_clean" not in bb else (bb["source_acc_clean"], bb["n_test"]))
     args = ck.get("args") or {}
     res = {"ckpt": a.ckpt, "role": ck["role"], "dataset": dataset, "arch": ck["arch"], "adv": ck.get("adv"),
            "src": ck.get("src"), "tgt": ck.get("tgt", ck.get("adv") if ck["role"] == "transfer" else None),
@@ -396,7 +437,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                                       "restarts": a.restarts, "random_start": True}} if a.strong else {}),
                        **({"blackbox": {"file": a.blackbox, "source": bb["source"], "steps": bb["steps"],
                                         "source_arch": bb.get("source_arch")}} if bb is not None else {})},
-           "acc": acc, "curve": curve, "flags": flags, "train": training_record(ck),
+           "acc": acc, "per_image": per_image(ok, counts), "curve": curve, "flags": flags, "train": training_record(ck),
            "eval_seed": a.seed, "inputs": inputs(a), "wall_s": time.time() - t0, **c.provenance(device)}
     res["steps_ran"] = {**c.steps_ran(device, c.why_eager(a.capture, device)), "precision": a.precision}
     c.atomic_save(res, a.out)
@@ -405,6 +446,14 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     for f in flags:
         say(f"FLAG {f['check']}: {f['detail']}")
     say(f"wrote {a.out}")
+
+def per_image(ok, counts):
+    """Which test images each column got right, so that the report can pair two models on the same images
+    (report.compare): one bit per image in test-set order, numpy.packbits (big-endian bit order), base64."""
+    return {"n": len(ok["clean"]), "encoding": "base64(numpy.packbits(correct)), test-set order",
+            "correct": {k: base64.b64encode(np.packbits(v.cpu().numpy())).decode() for k, v in ok.items()},
+            "clean_pred_counts": counts.tolist()}
+
 
 def load_blackbox(path, y, a, x=None):
     if not os.path.exists(path):

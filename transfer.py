@@ -72,8 +72,7 @@ def main(argv=None):
         ck = sources[init]
         model = c.model_from_checkpoint(ck, what=f"--init {init}")
         c.torch.manual_seed(f["seed"])
-        model.linear = nn.Linear(model.linear.in_features, 10)  # the fresh CIFAR-10 head
-        nn.init.kaiming_normal_(model.linear.weight)
+        model.linear = nn.Linear(model.linear.in_features, 10)  # the fresh CIFAR-10 head, default init (authors')
         params = c.freeze(model, f["unfreeze"])
         info = {"arch": ck["arch"], "num_classes": 10, "role": "transfer", "src": a.src, "tgt": a.tgt,
                 "unfreeze": f["unfreeze"], "init": init}
