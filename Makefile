@@ -215,7 +215,8 @@ SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=2 EP
 # the smoke's job prefix (empty: local); test-slurm sets it to an srun job step
 SMOKE_LAUNCH ?=
 # One thread per job and one job per core: small models gain nothing from intra-op threads.
-NPROC := $(shell nproc 2>/dev/null || echo 2)
+# (nproc obeys OMP_NUM_THREADS, which a user may have set to 1 for other reasons: not here)
+NPROC := $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 # then a 3-depth sweep of pgd -> nat (1 and 56 are the grid's: one more model trains), after the grid, as its own step
 SMOKE_DEPTH = SRC=pgd TGT=nat DEPTHS='1 b2 56'
 smoke: | $(VENV)
@@ -257,8 +258,9 @@ gpu-check: | $(VENV)
 clean-smoke:
 	rm -rf $(SMOKE_RUN)
 
+# pytest-xdist (in requirements.txt) spreads the tests over every core; without it they run one after another.
 test: | $(VENV)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $$($(PY) -c 'import xdist' 2>/dev/null && echo --numprocesses=$(NPROC) --dist=worksteal)
 
 # a private single-node SLURM on this machine runs `make smoke` as the README's cluster recipe (tests/slurm.sh)
 test-slurm: | $(VENV)

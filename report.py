@@ -806,7 +806,7 @@ def figure(path, panels, cols, get, title="", note=""):
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04 if len(panels) > 1 else 0.06, pad=0.02,
                  label="normalised per column (1 = best, 0 = worst)")
     suptitle(fig, title, note)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    fig.savefig(path, dpi=150)
     plt.close(fig)
     return True
 
@@ -847,7 +847,7 @@ def curves(path, title, panels, g, ref=None, note=""):
         ax.legend(fontsize=8, frameon=False, loc="upper right")
     axes[0][0].set_ylabel("white-box PGD accuracy (%)")
     suptitle(fig, title, note)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    fig.savefig(path, dpi=150)
     plt.close(fig)
     return True
 
@@ -898,8 +898,8 @@ def training_curves(path, g, note=""):
             t, colour = e["train"], f"C{j % 10}"
             who = (name(e["_key"], tex=True) if e["_table"] == "c10" else label(e).replace("CIFAR-100 source ", "")) \
                 + (f" s{e['seed']}" if e["seed"] else "")
-            for field, ls in (("val_clean", "-"), ("val_adv", "--"), ("train_batch_pgd", ":")):
-                pts = [(r["epoch"], r[field]) for r in t["rows"] if isinstance(r.get(field), (int, float))
+            for col, ls in (("val_clean", "-"), ("val_adv", "--"), ("train_batch_pgd", ":")):
+                pts = [(r["epoch"], r[col]) for r in t["rows"] if isinstance(r.get(col), (int, float))
                        and isinstance(r.get("epoch"), (int, float))]
                 if pts:
                     ax.plot(*zip(*pts), color=colour, ls=ls, lw=1.2, label=who if ls == "-" else None)
@@ -1122,7 +1122,8 @@ COMPARE_RULE = (
     "Rule: the claims check's (claims.md, \"The rule\"): D = transfer − R_src, paired over the test images (and with "
     "several seeds, their own spread of D added, Student's t); its interval D ± q se, q Bonferroni-corrected over "
     "the depths of the curve, so that the group verdict has the claims' error rate (at most 2.5% each way). "
-    "'transfer > R_src − M' **holds** when the interval lies above −M, is **contradicted** when it lies below −M, "
+    "'transfer > R_src − M' **holds** when the interval lies above −M, is **contradicted** when it lies below "
+    "−M, "
     "and is **inconclusive** otherwise; a flagged or missing number makes it **not testable here**.")
 
 
@@ -1198,14 +1199,14 @@ def reading(g, s, t, nb, rows, margin):
                   f"depth up to the last stage ({', '.join(map(str, stage)) or 'none of b1 to 12 swept'}): "
                   f"**{combine(held)}**. At the last stage itself (12): {combine(at12)}"
                   + (f"; the paper's Table 1 there: {combine(paper)}." if paper else ".")] + per_col
-    return ([f"### The paper's reading, tested on this curve\n",
+    return (["### The paper's reading, tested on this curve\n",
              "Sec. 3.1: unfreezing the last block \"resulted in an almost complete transfer of the defence against BB "
              "attacks. This itself suggests that robust low level features are sufficient to defend just as well "
              "against such simpler attacks\". On the curve: while the stages below the last one stay frozen (the "
              f"depths b1 to 12), BB robustness stays within {margin:g} points of R_{s}, the source's training done on "
              "CIFAR-10 without transfer (the source-side baseline; claim 4 of claims.md makes the same comparison "
-             "at 12); deeper, it falls. The same is asked of WB robustness. Head only (1) is shown but is no part of the reading: the "
-             "paper's own head-only rows underfit the target (R_{pgd->nat} 1: 64.9% clean).\n",
+             "at 12); deeper, it falls. The same is asked of WB robustness. Head only (1) is shown but is no part of "
+             "the reading: the paper's own head-only rows underfit the target (R_{pgd->nat} 1: 64.9% clean).\n",
              COMPARE_RULE + f" Each cell: D = transfer - R_{s} ± the half-width of its interval, and the verdict of "
              f"'transfer > R_{s} - {margin:g}'. "
              + (f"**{ONE_SEED}**: a row or R_{s} was run with one seed. " if any(len(es) == 1 for _, es in rows)

@@ -197,8 +197,9 @@ def write_eval(run, role, key, acc, seed=0, unfreeze=None, src=None, tgt=None):
                    "train": paper_train(role, adv, seed)}, f)
 
 
-# pgd -> nat, shaped as the paper reads it: BB robustness at R_pgd's level (a point above: decisive for the paired
-# rule on one seed and 10,000 images) while layer1-2 stay frozen, lost deeper; WB robustness never kept. (clean, BB-FGSM, BB-PGD, WB-FGSM, WB-PGD)
+# pgd -> nat, shaped as the paper reads it: BB robustness at R_pgd's level (a point above: decisive for the claims
+# rule on one seed and 10,000 images) while layer1-2 stay frozen, lost deeper; WB robustness never kept.
+# (clean, BB-FGSM, BB-PGD, WB-FGSM, WB-PGD)
 CURVE = {1: (65, 62, 63, 18, 12), "b3": (83, 82, 83, 25, 12), 12: (85, 82, 83, 26, 12),
          "b18": (90, 55, 45, 21, 1), 56: (91, 42, 32, 20, 0)}
 R_PGD = (84, 81, 82, 45, 36)
