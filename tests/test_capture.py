@@ -22,7 +22,7 @@ import torch
 import common as c
 import evaluate
 import train_source
-from test_scripts import Crash, assert_identical
+from test_scripts import Crash, assert_identical, crash_after_epoch, load
 
 
 class FakeGraph:
@@ -371,20 +371,6 @@ def test_evaluation_graphs_share_one_pool(fake_cuda):
 
 FIT = ["--dataset", "cifar10", "--adv", "fgsm", "--steps", "1", "--arch", "resnet8", "--limit", "40",
        "--batch-size", "20", "--data-dir", "synthetic", "--device", "cpu", "--epochs", "3", "--milestones", "0.5"]
-
-
-def crash_after_epoch(monkeypatch, epoch):
-    real = c.atomic_save
-
-    def save(obj, path):
-        real(obj, path)
-        if path.endswith(".last.pt") and obj["epoch"] == epoch:
-            raise Crash
-    monkeypatch.setattr(c, "atomic_save", save)
-
-
-def load(p):
-    return torch.load(p, weights_only=False)
 
 
 def test_fit_resumes_and_takes_late_members_through_the_captured_path(fake_cuda, tmp_path, monkeypatch):

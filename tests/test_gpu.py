@@ -16,7 +16,7 @@ import torch
 
 import common as c
 import train_source
-from test_scripts import Crash
+from test_scripts import Crash, crash_after_epoch, load
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,20 +161,6 @@ def test_fp32_evaluation_is_its_own_graph():
 ARGS = ["--dataset", "cifar10", "--adv", "pgd", "--arch", "resnet8", "--limit", "100", "--batch-size", "20",
         "--data-dir", "synthetic", "--steps", "2", "--milestones", "0.5"]
 CUDA = ["--device", "cuda", "--capture", "on"]
-
-
-def crash_after_epoch(monkeypatch, epoch):
-    real = c.atomic_save
-
-    def save(obj, path):
-        real(obj, path)
-        if path.endswith(".last.pt") and obj["epoch"] == epoch:
-            raise Crash
-    monkeypatch.setattr(c, "atomic_save", save)
-
-
-def load(p):
-    return torch.load(p, weights_only=False)
 
 
 def same_run(a, b, tol=5e-2):

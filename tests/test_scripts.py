@@ -227,6 +227,21 @@ class Crash(Exception):
     pass
 
 
+def crash_after_epoch(monkeypatch, epoch):
+    """Make the training die right after writing its resume state for `epoch` (a kill at the worst moment)."""
+    real = c.atomic_save
+
+    def save(obj, path):
+        real(obj, path)
+        if path.endswith(".last.pt") and obj["epoch"] == epoch:
+            raise Crash
+    monkeypatch.setattr(c, "atomic_save", save)
+
+
+def load(p):
+    return torch.load(p, weights_only=False)
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, tiny, monkeypatch, capsys):
     # PGD with a random start draws from the global RNG, and the lr drops after epoch 2: resume must restore
     # the weights, the optimiser's momentum, the schedule and the random streams to be exact.
