@@ -339,6 +339,10 @@ def depth_estimate(rows, arch, seeds=1, depths=c.DEPTH_SWEEP):
                                             "unfreeze": depths, "blackbox": False})["total_h"] for t in c.ADV}
 
 
+def pct(v):
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
 def self_check(a, arch, x, y, est):
     """What the self-check's tolerances must clear, and what the check costs (CUDA). Two eager runs of one PGD-7
     training step and of one PGD-7 evaluation batch, from the same state on the same batch: how far bf16 eager
@@ -376,7 +380,6 @@ def self_check(a, arch, x, y, est):
            "train_captured_vs_eager": worst(train, "difference"), "eval_captured_vs_eager": worst(evals, "difference"),
            "checks": len(train) + len(evals), "train_check_s": t_train, "eval_check_s": t_eval,
            "make_all_graphs": jobs + n_eval_graphs, "make_all_s": cost, "make_all_frac": cost / (3600 * est["total_h"])}
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     print(f"\nself-check (each graph's first replay against eager; tolerances {pct(c.CHECK_RTOL)} of a training step's "
           f"change, {pct(c.CHECK_FRAC)} of an evaluation batch):\n"
           f"  training step   captured vs eager {pct(res['train_captured_vs_eager'])} (worst), eager vs eager "
@@ -497,7 +500,6 @@ def summary(folder):
                  f"(reserved, per process)")
     sc = bench.get("self_check")
     if sc:
-        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
         lines.append(f"self-check     training captured vs eager {pct(sc['train_captured_vs_eager'])}, eager vs eager "
                      f"{pct(sc['train_eager_vs_eager'])} (tolerance {pct(sc['tolerance_train'])}); evaluation "
                      f"{pct(sc['eval_captured_vs_eager'])} / {pct(sc['eval_eager_vs_eager'])} of images (tolerance "

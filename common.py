@@ -1240,9 +1240,9 @@ def _diverged(m, epoch, lr, n_steps):
     if m.get("diverged"):
         return True
     step = m["bad"].item()
-    if step < 0 and n_steps is not None and not all(p.isfinite().all() for p in m["model"].state_dict().values()
-                                                     if p.is_floating_point()):
-        step = n_steps
+    if step < 0 and n_steps is not None and not torch.stack([p.isfinite().all() for p in m["model"].state_dict()
+                                                             .values() if p.is_floating_point()]).all():
+        step = n_steps  # one sync for every weight and statistic, at the epoch's end
     if step < 0:
         return False
     kept = (f"{m['out'][:-3]}.last.pt keeps epoch {epoch}" if epoch else "nothing was kept")

@@ -200,9 +200,8 @@ def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=Non
     return f
 
 
-def craft_blackbox(a, device):
-    """Craft FGSM and PGD examples once on the black-box source, for every evaluation to reuse."""
-    ck = c.load_checkpoint(a.craft_from, "black-box source --craft-from")
+def craft_blackbox(a, ck, device):
+    """Craft FGSM and PGD examples once on the black-box source (checkpoint ck), for every evaluation to reuse."""
     if ck["num_classes"] != 10:
         raise c.UsageError(f"--craft-from {a.craft_from} has {ck['num_classes']} classes; the black-box source is "
                            f"the CIFAR-10 DenseNet121 of train_blackbox.py")
@@ -283,9 +282,7 @@ def main(argv=None):
         flag = "--capture on" if a.capture == "on" else "--precision bf16"
         raise c.UsageError(f"{flag} needs CUDA (this run is on {device}, in fp32); leave it out or use --device cuda")
     a.precision = a.precision or ("bf16" if cuda else "fp32")
-    for flag, path in (("--ckpt", a.ckpt), ("--craft-from", a.craft_from)):
-        if path:
-            check_model_file(flag, path)
+    ck = check_model_file("--craft-from", a.craft_from) if a.craft_from else check_model_file("--ckpt", a.ckpt)
     if os.path.exists(a.out) and not a.force and finished(a):
         say(f"{a.out} exists with the same inputs: nothing to do (--force redoes it)")
         return
@@ -293,8 +290,7 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     if a.craft_from:
         with c.capturing(a.capture), c.precision(a.precision):
-            return craft_blackbox(a, device)
-    ck = c.load_checkpoint(a.ckpt)
+            return craft_blackbox(a, ck, device)
     role = ck.get("role")
     if role not in ROLES:
         raise c.UsageError(f"{a.ckpt} records no role (source, baseline, transfer or blackbox): it was written by an "
@@ -367,14 +363,15 @@ def finished(a):
 
 
 def check_model_file(flag, path):
-    """A trained model, not a resume state, with finite weights: checked before any work."""
-    ck = c.load_checkpoint(path, f"{flag}")
+    """The checkpoint at path: a trained model, not a resume state, with finite weights (checked before any work)."""
+    ck = c.load_checkpoint(path, flag)
     if "optimizer" in ck:
         raise c.UsageError(f"{flag} {path} is a resume state, not a trained model; pass "
                            f"{path.replace('.last.pt', '.pt')}, the best-validation checkpoint")
     if not all(v.isfinite().all() for v in ck["model"].values() if v.is_floating_point()):
         raise c.UsageError(f"{flag} {path} holds weights that are not finite (its training diverged); retrain it "
                            f"with a lower --lr")
+    return ck
 
 
 def evaluate(a, ck, model, x, y, bb, dataset, device):
@@ -446,6 +443,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     for f in flags:
         say(f"FLAG {f['check']}: {f['detail']}")
     say(f"wrote {a.out}")
+
 
 def per_image(ok, counts):
     """Which test images each column got right, so that the report can pair two models on the same images

@@ -697,18 +697,20 @@ def claim_verdict(claim, g):
     return verdict + (f", {ONE_SEED}" if any(c.one_seed for c in out) else ""), out
 
 
+def paper_cell(key, col):
+    """The paper's Table 1 value of a row and column, or None."""
+    return PAPER[key][COLS.index(col)] if key in PAPER and col in COLS else None
+
+
 def paper_value(test):
     """(lhs, rhs, D) of a comparison on the paper's Table 1 (no uncertainty), or None for rows it does not show."""
     _, _, _, lhs, rhs, shares = test
-
-    def acc(key, col):
-        return PAPER[key][COLS.index(col)] if key in PAPER else None
-    vals = [[acc(k, c) for _, k, c in side] for side in (lhs, rhs)]
+    vals = [[paper_cell(k, c) for _, k, c in side] for side in (lhs, rhs)]
     if any(v is None for side in vals for v in side):
         return None
     sides = [sum(w * v for (w, *_), v in zip(side, vs)) for side, vs in zip((lhs, rhs), vals)]
     if shares:
-        sides = [100 * s / acc(*sh) for s, sh in zip(sides, shares)]
+        sides = [100 * s / paper_cell(*sh) for s, sh in zip(sides, shares)]
     return sides[0], sides[1], round(sides[0] - sides[1], 6)  # rounded: 41.3 - 36.1 is +5.2, not 5.1999...
 
 
@@ -1135,11 +1137,6 @@ def depth_compare(es, ref, col, margin, k):
     return c.estimate, c.hi - c.estimate, c.verdict
 
 
-def paper_cell(key, col):
-    """The paper's Table 1 value of a row and column, or None."""
-    return PAPER[key][COLS.index(col)] if key in PAPER and col in COLS else None
-
-
 def sweep(g, s, t, asked):
     """(the ResNet's residual blocks, [(depth, evaluations over seeds)] of transfer s -> t shallow to deep): the
     depths asked for and every other depth of this pair the run evaluated."""
@@ -1230,6 +1227,7 @@ def depth_figure(path, curves_, margin, note=""):
                     "on CIFAR-10", fontsize=12)
         axes = sf.subplots(1, 4, gridspec_kw={"width_ratios": [5, 1.1, 5, 1.1]})
         ks = [common.depth_k(u, nb) for u, _ in rows]
+        paper_ks = [(u, common.depth_k(u, nb)) for u in UNF]
         for (title, cols), ax, rax in zip(DEPTH_PANELS, axes[0::2], axes[1::2]):
             stages = ((0.5, nb / 3 + 0.5, "layer3"), (nb / 3 + 0.5, 2 * nb / 3 + 0.5, "layer2"),
                       (2 * nb / 3 + 0.5, nb + 0.5, "layer1"), (nb + 0.5, nb + 1.5, "stem"))
@@ -1239,7 +1237,7 @@ def depth_figure(path, curves_, margin, note=""):
             top.set_xticks([(lo + hi) / 2 for lo, hi, _ in stages], [f"{st} unfrozen" if st != "stem" else st
                                                                      for _, _, st in stages], fontsize=8, color="0.4")
             top.tick_params(length=0)
-            for u, k in ((1, 0), (12, nb // 3), (56, nb + 1)):  # the paper's three depths
+            for u, k in paper_ks:  # the paper's three depths
                 ax.axvline(k, color="0.5", lw=0.8, ls=":", zorder=1)
                 ax.text(k, 99, f" paper {u}", fontsize=8, color="0.35", va="top", ha="left" if k < nb else "right")
             for col in cols:
@@ -1254,7 +1252,7 @@ def depth_figure(path, curves_, margin, note=""):
                 if r:  # the reading's reference, and the margin below it
                     ax.axhline(r[0], color=colour, ls="--", lw=1)
                     ax.axhspan(r[0] - margin, r[0], color=colour, alpha=0.07, lw=0)
-                for u, k in ((1, 0), (12, nb // 3), (56, nb + 1)):
+                for u, k in paper_ks:
                     p = paper_cell(tkey(s, t, u), col)
                     if p is not None:
                         ax.plot(k, p, "D", mfc="none", mec=colour, ms=7, mew=1.3, zorder=4)
