@@ -155,38 +155,38 @@ src_of = $(word 1,$(subst -, ,$(1)))
 tgt_of = $(word 2,$(subst -, ,$(1)))
 TRAIN = --arch $(ARCH) --seed $(SEEDS) $(DATAFLAG) $(TRAIN_FLAGS)
 
-$(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py $(VENV)
+$(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py engine.py $(VENV)
 	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
 	  --out '$(R)/source/cifar100_$*_s{seed}.pt'
 
-$(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py $(VENV)
+$(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py $(VENV)
 	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
 	  --out '$(R)/baseline/cifar10_$*_s{seed}.pt'
 
 # The stem is source-target, e.g. pgd-fgsm; each cohort needs its own source, one per seed.
 .SECONDEXPANSION:
 $(foreach u,$(UNFREEZE),$(call seeds_of,$(R)/transfer/%-$(u))): \
-  $$(call seeds_of,$(R)/source/cifar100_$$(call src_of,$$*)) | transfer.py common.py $(VENV)
+  $$(call seeds_of,$(R)/source/cifar100_$$(call src_of,$$*)) | transfer.py common.py engine.py $(VENV)
 	$(LAUNCH) $(PY) transfer.py --src $(call src_of,$*) --tgt $(call tgt_of,$*) --unfreeze $(UNFREEZE) \
 	  --epochs $(EPOCHS_TL) $(TRAIN) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
 	  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt'
 
-$(R)/blackbox/densenet121_s%.pt: | train_blackbox.py common.py $(VENV)
+$(R)/blackbox/densenet121_s%.pt: | train_blackbox.py common.py engine.py $(VENV)
 	$(LAUNCH) $(PY) train_blackbox.py --seed $* --epochs $(EPOCHS_BB) $(DATAFLAG) $(TRAIN_FLAGS) $(BB_FLAGS) --out $@
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 # The black-box examples are crafted once on the DenseNet121 and reused by every CIFAR-10 evaluation.
-$(EXAMPLES): $(BLACKBOX) | evaluate.py common.py
+$(EXAMPLES): $(BLACKBOX) | evaluate.py common.py engine.py
 	$(LAUNCH) $(PY) evaluate.py --craft-from $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --force $(LOG)
 
 # CIFAR-100 sources: white-box columns on the CIFAR-100 test set. The DenseNet: its clean and white-box accuracy.
-$(R)/source/%.eval.json: $(R)/source/%.pt | evaluate.py common.py
+$(R)/source/%.eval.json: $(R)/source/%.pt | evaluate.py common.py engine.py
 	$(LAUNCH) $(PY) evaluate.py --ckpt $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --force $(LOG)
 
-$(R)/blackbox/%.eval.json: $(R)/blackbox/%.pt | evaluate.py common.py
+$(R)/blackbox/%.eval.json: $(R)/blackbox/%.pt | evaluate.py common.py engine.py
 	$(LAUNCH) $(PY) evaluate.py --ckpt $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --no-strong --no-curve --force $(LOG)
 
-%.eval.json: %.pt $(EXAMPLES) | evaluate.py common.py
+%.eval.json: %.pt $(EXAMPLES) | evaluate.py common.py engine.py
 	$(LAUNCH) $(PY) evaluate.py --ckpt $< --blackbox $(EXAMPLES) --out $@ $(DATAFLAG) $(EVAL_FLAGS) --force $(LOG)
 
 $(R)/report/report.md: $(EVALS) | report.py

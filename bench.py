@@ -6,9 +6,9 @@ eager step, the captured step (CUDA graphs), and cohorts of several models per p
     python bench.py --device cpu --threads 1       # a CPU shared with other jobs: one thread is far steadier
     python bench.py --quick --device cpu --arch resnet8 --batch-size 8 --growth 4 --out /tmp/bench.json  # smoke
 
-Project: the very callables common.fit runs: common.make_step (eager, captured, and a cohort of K models in one
+Project: the very callables engine.fit runs: engine.make_step (eager, captured, and a cohort of K models in one
 graph, each on its own stream) on common.batches (uint8 data on the device, augmented there), channels_last,
-bf16 autocast and fused SGD on CUDA, attacks with input-only gradients; common.eval_step for evaluation.
+bf16 autocast and fused SGD on CUDA, attacks with input-only gradients; engine.eval_step for evaluation.
 Reference: the same math (eps 8/256, PGD-7 with alpha eps/4 and no random start, crafted in eval mode, mixed loss
 (CE(clean) + CE(adv)) / 2, FGSM label fix) written the common way: a DataLoader over a CIFAR-like dataset with
 per-image CPU transforms, fp32, NCHW, eager, every attack step through loss.backward() (parameter gradients
@@ -33,6 +33,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 import common as c
+import engine
 import evaluate
 import train_blackbox
 import train_source
@@ -69,7 +70,7 @@ def get_args(argv=None):
     a = p.parse_args(argv)
     if a.summary:
         return a
-    a.device = c.pick_device(a.device)
+    a.device = engine.pick_device(a.device)
     cpu = not a.device.startswith("cuda")
     a.repeats = a.repeats or (1 if a.quick else 3 if cpu else 5)
     a.iters = a.iters or (1 if a.quick or cpu else 20)
@@ -192,7 +193,7 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
     ref = copy.deepcopy(base).to(dev)  # same initial weights; fp32, NCHW, eager
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
     theirs = itertools.chain.from_iterable(itertools.repeat(ref_loader(x, y, bs, True, a.workers, dev)))
-    eval_bs = 500 if cuda else bs  # common.accuracy's batch on CUDA; one training batch on CPU
+    eval_bs = 500 if cuda else bs  # engine.accuracy's batch on CUDA; one training batch on CPU
     xe, ye = x[:eval_bs * a.iters], y[:eval_bs * a.iters]
     eval_loader = ref_loader(xe, ye, eval_bs, False, a.workers, dev)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -202,7 +203,7 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
         models = [copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last) for _ in range(k)]
         opts = [torch.optim.SGD(m.parameters(), lr=torch.tensor(0.1, device=dev) if cuda else 0.1, momentum=0.9,
                                 weight_decay=1e-5, fused=cuda or None) for m in models]
-        step = c.make_step(models, opts, adv, eps, capture=capture)
+        step = engine.make_step(models, opts, adv, eps, capture=capture)
         gens = [torch.Generator(dev).manual_seed(i) for i in range(k)]
         its = [itertools.chain.from_iterable(c.batches(x, y, bs, g, train=True) for _ in itertools.count())
                for g in gens]
@@ -227,13 +228,13 @@ def bench_arch(a, arch, advs, x, y, flops, peak):
 
     def evaluation(kind, capture):
         model = copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last)
-        f = c.eval_step(model, kind, eps, capture=capture)
+        f = engine.eval_step(model, kind, eps, capture=capture)
 
         def run():
             n = torch.zeros((), device=dev, dtype=torch.long)
             for xb, yb in c.batches(xe, ye, eval_bs):
                 n += f(xb, yb).sum()
-            return n.item()  # as common.accuracy: one sync per call
+            return n.item()  # as engine.accuracy: one sync per call
         return run
 
     jobs = {}
@@ -347,7 +348,7 @@ def self_check(a, arch, x, y, est):
     """What the self-check's tolerances must clear, and what the check costs (CUDA). Two eager runs of one PGD-7
     training step and of one PGD-7 evaluation batch, from the same state on the same batch: how far bf16 eager
     lies from itself (the noise the tolerances sit above). The captured graphs' first-replay differences and times:
-    the checks this process made (common._CAPTURED.checks). The cost of checking every graph of `make all`: per
+    the checks this process made (engine._CAPTURED.checks). The cost of checking every graph of `make all`: per
     training job one training graph and up to 3 validation graphs (clean, attack, PGD monitor), per evaluation up
     to 9 (clean, FGSM, PGD-7 and 6 more curve points), each at the slowest check measured of its kind."""
     torch.manual_seed(0)
@@ -359,15 +360,15 @@ def self_check(a, arch, x, y, est):
     runs = []
     for _ in range(2):
         m, o = copy.deepcopy((model, opt))
-        base = {k: [t.clone() for t in v] for k, v in c._member_state(m, o).items()}
-        runs.append((c.train_step(m, o, xb, yb, "pgd", c.EPS), c._member_state(m, o), base))
+        base = {k: [t.clone() for t in v] for k, v in engine._member_state(m, o).items()}
+        runs.append((c.train_step(m, o, xb, yb, "pgd", c.EPS), engine._member_state(m, o), base))
     (o1, s1, _), (o2, s2, base) = runs
-    train_noise = c.step_difference([o1], [o2], [s1], [s2], [base], len(yb))[0]
-    f = c.eval_step(model, "pgd", c.EPS, capture="off")
+    train_noise = engine.step_difference([o1], [o2], [s1], [s2], [base], len(yb))[0]
+    f = engine.eval_step(model, "pgd", c.EPS, capture="off")
     xe, ye = x[:500].float() / 255, y[:500]
     eval_noise = (f(xe, ye) != f(xe, ye)).float().mean().item()
-    train = [k for k in c._CAPTURED.checks if k["what"].startswith("training")]
-    evals = [k for k in c._CAPTURED.checks if k not in train]
+    train = [k for k in engine._CAPTURED.checks if k["what"].startswith("training")]
+    evals = [k for k in engine._CAPTURED.checks if k not in train]
     worst = lambda ks, f: max((k[f] for k in ks), default=None)  # noqa: E731
     t_train, t_eval = worst(train, "seconds") or 0.0, worst(evals, "seconds") or 0.0
     jobs = est["jobs"]["sources + baselines"] + est["jobs"]["transfers"]
@@ -375,19 +376,19 @@ def self_check(a, arch, x, y, est):
     n_evals = len(g["sources"]) + len(g["baselines"]) + len(g["transfer cohorts"]) * len(g["unfreeze"])
     n_eval_graphs = 3 * jobs + 9 * n_evals + 3 + 1  # and the DenseNet's evaluation, the crafting's accuracy
     cost = jobs * t_train + n_eval_graphs * t_eval
-    res = {"tolerance_train": c.CHECK_RTOL, "tolerance_eval": c.CHECK_FRAC,
+    res = {"tolerance_train": engine.CHECK_RTOL, "tolerance_eval": engine.CHECK_FRAC,
            "train_eager_vs_eager": train_noise, "eval_eager_vs_eager": eval_noise,
            "train_captured_vs_eager": worst(train, "difference"), "eval_captured_vs_eager": worst(evals, "difference"),
            "checks": len(train) + len(evals), "train_check_s": t_train, "eval_check_s": t_eval,
            "make_all_graphs": jobs + n_eval_graphs, "make_all_s": cost, "make_all_frac": cost / (3600 * est["total_h"])}
-    print(f"\nself-check (each graph's first replay against eager; tolerances {pct(c.CHECK_RTOL)} of a training step's "
-          f"change, {pct(c.CHECK_FRAC)} of an evaluation batch):\n"
+    print(f"\nself-check (each graph's first replay against eager; tolerances {pct(engine.CHECK_RTOL)} of a training step's "
+          f"change, {pct(engine.CHECK_FRAC)} of an evaluation batch):\n"
           f"  training step   captured vs eager {pct(res['train_captured_vs_eager'])} (worst), eager vs eager "
           f"{pct(train_noise)}; {t_train:.2f} s per graph\n"
           f"  evaluation      captured vs eager {pct(res['eval_captured_vs_eager'])} of images (worst), eager vs eager "
           f"{pct(eval_noise)}; {t_eval:.2f} s per graph\n"
           f"  make all        {res['make_all_graphs']} graphs: {cost / 60:.1f} min = {pct(res['make_all_frac'])} of "
-          f"the estimate" + (f"\n  FALLBACK        {c._CAPTURED.fallback}" if c._CAPTURED.fallback else ""), flush=True)
+          f"the estimate" + (f"\n  FALLBACK        {engine._CAPTURED.fallback}" if engine._CAPTURED.fallback else ""), flush=True)
     return res
 
 
@@ -406,14 +407,14 @@ def main(argv=None):
     t0 = time.time()
     if a.batch_size < 1 or a.repeats < 1 or a.iters < 1 or any(k < 2 for k in a.cohorts):
         raise c.UsageError("--batch-size, --repeats and --iters must be positive, --cohorts sizes at least 2")
-    c.check_writable(a.out)
+    engine.check_writable(a.out)
     dev, cuda = a.device, a.device.startswith("cuda")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(a.flush_denormal)
     name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
     peak = a.peak_tflops or next((v for k, v in PEAKS.items() if cuda and k in name), None)
-    prov = {**c.provenance(dev), "device_name": name, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+    prov = {**engine.provenance(dev), "device_name": name, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     print(f"bench on {name} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{a.repeats} timings x {a.iters} steps per row, batch {a.batch_size} clean + {a.batch_size} adversarial "
@@ -446,9 +447,9 @@ def main(argv=None):
     check = self_check(a, a.arch, x, y, est) if cuda else None
     prov["loadavg_after"] = os.getloadavg()
     result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops, "rows": rows,
-              "make_all": est, "make_depth_h": dep, "self_check": check, "fallback": c._CAPTURED.fallback,
+              "make_all": est, "make_depth_h": dep, "self_check": check, "fallback": engine._CAPTURED.fallback,
               "wall_s": time.time() - t0}
-    c.atomic_save(result, a.out)
+    engine.atomic_save(result, a.out)
     print(f"wrote {a.out}")
     return result
 
@@ -477,7 +478,7 @@ def summary(folder):
     gib = lambda r: f"{r['peak_memory_gib']:.1f} GiB" if r and r.get("peak_memory_gib") is not None else "-"  # noqa
     prov = bench.get("provenance", {})
     lines = [f"==== make gpu-check: {prov.get('device_name', '?')}, torch {prov.get('torch', '?')}, CUDA "
-             f"{prov.get('cuda', '?')}" + (f", {c._fmt_time(time.time() - int(start))} in all (budget 5 min)"
+             f"{prov.get('cuda', '?')}" + (f", {engine._fmt_time(time.time() - int(start))} in all (budget 5 min)"
                                           if start else "") + " ====",
              f"tests          {tests}"]
     rows = bench.get("rows", {})
@@ -525,4 +526,4 @@ def summary(folder):
 
 
 if __name__ == "__main__":
-    c.run_main(main)
+    engine.run_main(main)

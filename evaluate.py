@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import common as c
+import engine
 
 CURVE_EPS = [0, 1, 2, 4, 8, 16, 32]  # /256
 TOL = 1.0  # percentage points of slack in the sanity checks, at least; more on few test images (noise_tol)
@@ -65,7 +66,7 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     p.add_argument("--device", default="auto")
-    p.add_argument("--capture", choices=c.CAPTURE, default="auto", help="CUDA graphs for the attacks: auto (where "
+    p.add_argument("--capture", choices=engine.CAPTURE, default="auto", help="CUDA graphs for the attacks: auto (where "
                    "they can be; a failure goes on eagerly), on (a failure stops the run), off (eager)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="the models' precision on CUDA (default bf16, autocast; the CPU runs fp32)")
@@ -100,8 +101,8 @@ class Progress:
         if now - self.last >= PROGRESS_S:
             self.last = now
             left = (now - self.t0) * max(0, self.work - self.done) / max(self.done, 1)
-            say(f"{what}: {images}/{self.n} images | {c._fmt_time(now - self.t0)} elapsed | "
-                f"about {c._fmt_time(left)} left")
+            say(f"{what}: {images}/{self.n} images | {engine._fmt_time(now - self.t0)} elapsed | "
+                f"about {engine._fmt_time(left)} left")
 
 
 def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
@@ -213,10 +214,10 @@ def craft_blackbox(a, ck, device):
     x, y = load_test("cifar10", a)
     eps = a.eps / 256
     out = {"dataset": "cifar10", "source": a.craft_from, "source_arch": ck["arch"], "eps": eps, "steps": a.steps,
-           "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), "inputs": inputs(a), **c.provenance(device)}
+           "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), "inputs": inputs(a), **engine.provenance(device)}
     t0 = time.time()
     progress = Progress(len(y), len(y) * (1 + a.steps))
-    with c.output_lock(a.out):
+    with engine.output_lock(a.out):
         for kind, cost in (("fgsm", 1), ("pgd", a.steps)):
             adv, done = [], 0
             for xb, yb in c.batches(x, y, a.batch_size):
@@ -226,8 +227,8 @@ def craft_blackbox(a, ck, device):
             out["x_" + kind] = torch.cat(adv)
             pred = torch.cat([c.predict(model, xb.to(device)) for xb in out["x_" + kind].split(a.batch_size)])
             out["source_acc_" + kind] = 100 * (pred == y).float().mean().item()  # in batches: 10,000 at once is GiBs
-        out["source_acc_clean"] = c.accuracy(model, x, y)
-        c.atomic_save(out, a.out)
+        out["source_acc_clean"] = engine.accuracy(model, x, y)
+        engine.atomic_save(out, a.out)
     say(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
           f"{time.time() - t0:.0f}s: source accuracy clean {out['source_acc_clean']:.1f}%, on its own FGSM "
           f"{out['source_acc_fgsm']:.1f}%, PGD {out['source_acc_pgd']:.1f}%; wrote {a.out}")
@@ -237,7 +238,7 @@ def load_test(dataset, a):
     x, y = c.load_split(dataset, a.data_dir, train=False)
     if a.limit:
         x, y = x[:a.limit], y[:a.limit]
-    dev = c.pick_device(a.device)
+    dev = engine.pick_device(a.device)
     return x.to(dev), y.to(dev)
 
 
@@ -276,7 +277,7 @@ def main(argv=None):
         raise c.UsageError(f"--craft-from writes a tensor file: give --out FILE.pt, not {a.out!r}")
     if not a.craft_from and (not a.ckpt or not a.out.endswith(".json")):
         raise c.UsageError("give --ckpt X.pt and --out X.eval.json (or --craft-from DENSENET.pt --out FILE.pt)")
-    device = c.pick_device(a.device)
+    device = engine.pick_device(a.device)
     cuda = device.startswith("cuda")
     if not cuda and (a.capture == "on" or a.precision == "bf16"):
         flag = "--capture on" if a.capture == "on" else "--precision bf16"
@@ -286,10 +287,10 @@ def main(argv=None):
     if os.path.exists(a.out) and not a.force and finished(a):
         say(f"{a.out} exists with the same inputs: nothing to do (--force redoes it)")
         return
-    c.check_writable(a.out)  # before any work: a result that cannot be saved is lost
+    engine.check_writable(a.out)  # before any work: a result that cannot be saved is lost
     torch.manual_seed(a.seed)
     if a.craft_from:
-        with c.capturing(a.capture), c.precision(a.precision):
+        with engine.capturing(a.capture), c.precision(a.precision):
             return craft_blackbox(a, ck, device)
     role = ck.get("role")
     if role not in ROLES:
@@ -305,7 +306,7 @@ def main(argv=None):
     bb = None
     if a.blackbox and dataset == "cifar10" and role != "blackbox":
         bb = load_blackbox(a.blackbox, y, a, x)
-    with c.output_lock(a.out), c.capturing(a.capture), c.precision(a.precision):
+    with engine.output_lock(a.out), engine.capturing(a.capture), c.precision(a.precision):
         evaluate(a, ck, model, x, y, bb, dataset, device)
 
 
@@ -381,9 +382,9 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     strong_cost = a.strong_steps * a.restarts if a.strong else 0
     progress = Progress(n, n * (2 + a.steps + strong_cost + a.steps * sum(e != a.eps for e in eps_list)))
     ok = {"clean": [], "wb_fgsm": [], "wb_pgd": [], "wb_strong": [], "bb_fgsm": [], "bb_pgd": []}
-    # the paper's attacks, captured on CUDA (common.eval_step); the strong one starts at random points: eager
-    clean, fgsm, pgd = (c.eval_step(model), c.eval_step(model, "fgsm", eps),
-                        c.eval_step(model, "pgd", eps, eps / 4, a.steps))
+    # the paper's attacks, captured on CUDA (engine.eval_step); the strong one starts at random points: eager
+    clean, fgsm, pgd = (engine.eval_step(model), engine.eval_step(model, "fgsm", eps),
+                        engine.eval_step(model, "pgd", eps, eps / 4, a.steps))
     done, counts = 0, torch.zeros(c.NUM_CLASSES[dataset], dtype=torch.long, device=y.device)
     for i, (xb, yb) in enumerate(c.batches(x, y, a.batch_size)):
         done += len(yb)
@@ -406,7 +407,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     if a.autoattack:
         ok["autoattack"] = autoattack(model, x, y, eps, a, dataset)
         ok["worst"] &= ok["autoattack"]
-    acc = {k: 100 * v.sum().item() / len(v) for k, v in ok.items()}  # as common.accuracy: exact ties
+    acc = {k: 100 * v.sum().item() / len(v) for k, v in ok.items()}  # as engine.accuracy: exact ties
     curve = None
     if a.curve:
         curve = {"eps_256": eps_list, "acc": []}
@@ -414,7 +415,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
             if e == a.eps:  # the point at the evaluation's own eps is WB-PGD itself (the same deterministic attack)
                 curve["acc"].append(acc["wb_pgd"])
                 continue
-            right, done, pgd_e = 0, 0, c.eval_step(model, "pgd", e / 256, e / 256 / 4, a.steps)
+            right, done, pgd_e = 0, 0, engine.eval_step(model, "pgd", e / 256, e / 256 / 4, a.steps)
             for xb, yb in c.batches(x, y, a.batch_size):
                 right += pgd_e(xb, yb).sum().item()
                 done += len(yb)
@@ -435,9 +436,9 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                        **({"blackbox": {"file": a.blackbox, "source": bb["source"], "steps": bb["steps"],
                                         "source_arch": bb.get("source_arch")}} if bb is not None else {})},
            "acc": acc, "per_image": per_image(ok, counts), "curve": curve, "flags": flags, "train": training_record(ck),
-           "eval_seed": a.seed, "inputs": inputs(a), "wall_s": time.time() - t0, **c.provenance(device)}
-    res["steps_ran"] = {**c.steps_ran(device, c.why_eager(a.capture, device)), "precision": a.precision}
-    c.atomic_save(res, a.out)
+           "eval_seed": a.seed, "inputs": inputs(a), "wall_s": time.time() - t0, **engine.provenance(device)}
+    res["steps_ran"] = {**engine.steps_ran(device, engine.why_eager(a.capture, device)), "precision": a.precision}
+    engine.atomic_save(res, a.out)
     cols = "  ".join(f"{k} {v:.1f}%" for k, v in acc.items())
     say(f"{cols}  ({time.time() - t0:.0f}s)")
     for f in flags:
@@ -490,4 +491,4 @@ INTERRUPTED = ("interrupted; nothing was written (an evaluation or a crafting sa
                "command again to redo it")
 
 if __name__ == "__main__":
-    c.run_main(main, INTERRUPTED)
+    engine.run_main(main, INTERRUPTED)

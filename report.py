@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402  (the depth scale of `make depth`: parse_unfreeze, depth_k, depth_table)
 
-from common import COLLAPSE, UsageError, binomial_se, check_writable, eps_str, output_lock, run_main  # noqa: E402
+from common import COLLAPSE, UsageError, binomial_se, eps_str  # noqa: E402
+from engine import check_writable, output_lock, run_main  # noqa: E402
 
 ADV, UNF = ("nat", "fgsm", "pgd"), (1, 12, 56)
 COLS = ("clean", "bb_fgsm", "bb_pgd", "wb_fgsm", "wb_pgd")  # Table 1's order
@@ -296,7 +297,7 @@ def md_table(head, rows):
 
 
 def steps_text(e):
-    """How one evaluation's and its training's steps ran, as recorded (common.steps_ran): captured or eager and why,
+    """How one evaluation's and its training's steps ran, as recorded (engine.steps_ran): captured or eager and why,
     the cohort, the precision of the attacks, the device and versions. None where nothing was recorded."""
     def how(r):
         return (("captured" if r["steps"] == "captured" else f"eager ({r['why']})")

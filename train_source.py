@@ -10,6 +10,7 @@ default). Adversarial training is the paper's mixed objective (Sec. 2.3), 100 cl
 import argparse
 
 import common as c
+import engine
 
 OUT = "runs/paper/{role}/{dataset}_{adv}_s{seed}.pt"
 
@@ -19,7 +20,7 @@ def get_args(argv=None):
     p.add_argument("--dataset", choices=["cifar100", "cifar10"], default="cifar100")
     p.add_argument("--adv", choices=c.ADV, default="nat", help="natural, FGSM or PGD-7 adversarial training")
     p.add_argument("--arch", default="resnet56", help="resnet56 (the paper's R), resnet20, ...")
-    c.add_training_args(p, epochs=200, wd=None, milestones=[0.5, 0.75], out=OUT)
+    engine.add_training_args(p, epochs=200, wd=None, milestones=[0.5, 0.75], out=OUT)
     a = p.parse_args(argv)
     a.wd = a.wd if a.wd is not None else (5e-5 if a.adv == "nat" else 1e-5)
     return a
@@ -27,17 +28,17 @@ def get_args(argv=None):
 
 def main(argv=None):
     a = get_args(argv)
-    c.check_training_args(a)
+    engine.check_training_args(a)
     role = "source" if a.dataset == "cifar100" else "baseline"
     fields = [dict(role=role, dataset=a.dataset, adv=a.adv, seed=s) for s in a.seed]
     members = []
-    for f, out in zip(fields, c.member_paths(a.out, fields)):
+    for f, out in zip(fields, engine.member_paths(a.out, fields)):
         c.torch.manual_seed(f["seed"])
         model = c.build_model(a.arch, c.NUM_CLASSES[a.dataset])
         info = {"arch": a.arch, "num_classes": c.NUM_CLASSES[a.dataset], "role": role}
-        members.append(c.member(model, list(model.parameters()), a, out, info, seed=f["seed"]))
-    c.fit(members, dataset=a.dataset, adv=a.adv, **c.fit_options(a))
+        members.append(engine.member(model, list(model.parameters()), a, out, info, seed=f["seed"]))
+    engine.fit(members, dataset=a.dataset, adv=a.adv, **engine.fit_options(a))
 
 
 if __name__ == "__main__":
-    c.run_main(main)
+    engine.run_main(main)

@@ -18,6 +18,7 @@ import argparse
 import torch.nn as nn
 
 import common as c
+import engine
 
 
 def get_args(argv=None):
@@ -32,7 +33,7 @@ def get_args(argv=None):
     p.add_argument("--arch", default=None, help="must match the source's (taken from it by default)")
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="keep frozen layers' BatchNorm statistics fixed (the authors let them adapt)")
-    c.add_training_args(p, epochs=50, wd=5e-5, milestones=[0.4, 0.8],
+    engine.add_training_args(p, epochs=50, wd=5e-5, milestones=[0.4, 0.8],
                         out="runs/paper/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt")
     return p.parse_args(argv)
 
@@ -60,11 +61,11 @@ def load_source(path, a):
 def main(argv=None):
     a = get_args(argv)
     depths = [c.parse_unfreeze(u) for u in a.unfreeze]  # 1, 12, 56 stay ints, as recorded before depths existed
-    c.check_training_args(a)
+    engine.check_training_args(a)
     if len(set(depths)) != len(depths):
         raise c.UsageError(f"--unfreeze lists a depth twice ({' '.join(a.unfreeze)})")
     fields = [dict(src=a.src, tgt=a.tgt, unfreeze=u, seed=s) for s in a.seed for u in depths]
-    outs = c.member_paths(a.out, fields)
+    outs = engine.member_paths(a.out, fields)
     inits = [a.init.format(src=a.src, seed=f["seed"]) for f in fields]
     sources = {p: load_source(p, a) for p in dict.fromkeys(inits)}
     members = []
@@ -76,15 +77,15 @@ def main(argv=None):
         params = c.freeze(model, f["unfreeze"])
         info = {"arch": ck["arch"], "num_classes": 10, "role": "transfer", "src": a.src, "tgt": a.tgt,
                 "unfreeze": f["unfreeze"], "init": init}
-        members.append(c.member(model, params, a, out, info, seed=f["seed"], unfreeze=f["unfreeze"], init=init,
+        members.append(engine.member(model, params, a, out, info, seed=f["seed"], unfreeze=f["unfreeze"], init=init,
                                 arch=ck["arch"]))
-    who = c._who(members)
+    who = engine._who(members)
     for ck in sources.values():
         print(f"[{who}] {ck['said']}")
     print(f"[{who}] transfer {a.src} -> {a.tgt}: "
           + "; ".join(f"unfreeze {u}: {c.describe_unfreeze(u)} trains" for u in depths), flush=True)
-    c.fit(members, dataset="cifar10", adv=a.tgt, freeze_bn=a.freeze_bn, **c.fit_options(a))
+    engine.fit(members, dataset="cifar10", adv=a.tgt, freeze_bn=a.freeze_bn, **engine.fit_options(a))
 
 
 if __name__ == "__main__":
-    c.run_main(main)
+    engine.run_main(main)

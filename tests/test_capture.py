@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import common as c
+import engine
 import evaluate
 import train_source
 from test_scripts import Crash, assert_identical, crash_after_epoch, load
@@ -40,9 +41,9 @@ class StaleLr(FakeGraph):
     """A broken graph: it replays with the learning rates it was captured with."""
     def replay(self):
         now = [[g["lr"] for g in o.param_groups] for o in self.opts]
-        c._set_lrs(self.opts, self.lrs)
+        engine._set_lrs(self.opts, self.lrs)
         super().replay()
-        c._set_lrs(self.opts, now)
+        engine._set_lrs(self.opts, now)
 
 
 class KeepsMomentum(FakeGraph):
@@ -93,7 +94,7 @@ def snapshot(tensors):
 
 @contextlib.contextmanager
 def fake_capture(graph, pool=None):
-    frame = sys._getframe(2)  # common._capture's: what it captures (fn, state, opts), then its outputs (out)
+    frame = sys._getframe(2)  # engine._capture's: what it captures (fn, state, opts), then its outputs (out)
     state, opts = frame.f_locals["state"], frame.f_locals["opts"]
     moms = [t for o in opts for st in o.state.values() for t in st.values() if torch.is_tensor(t)]
     undo = snapshot(list(state) + ([] if graph.keeps_momentum else moms))
@@ -128,8 +129,8 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", Stream)
     monkeypatch.setattr(torch.cuda, "set_stream", lambda s: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    monkeypatch.setattr(c, "_device_of", lambda model: torch.device("cuda"))
-    monkeypatch.setattr(c, "_CAPTURED", c._Process())
+    monkeypatch.setattr(engine, "_device_of", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(engine, "_CAPTURED", engine._Process())
     monkeypatch.setattr(BakedWeights, "model", None)
     return fake
 
@@ -189,7 +190,7 @@ def run_steps(step, models, opts, refs, ref_opts, adv, sizes, x, y, lr_drop_at=N
     for i, n in enumerate(sizes):
         if i == lr_drop_at:
             for o in opts + ref_opts:
-                c.set_lr(o, 0.01)
+                engine.set_lr(o, 0.01)
         bs = member_batches(x, y, lo, lo + n)
         got = [tuple(t.clone() for t in out) for out in step(bs, [None, None])]
         want = [c.train_step(m, o, xb, yb, adv, c.EPS, steps=2) for m, o, (xb, yb) in zip(refs, ref_opts, bs)]
@@ -207,22 +208,22 @@ def test_captured_cohort_equals_eager_runs(fake_cuda, adv):
     the replays after it, warm-up steps that leave a trace in weights, BatchNorm counters or momentum."""
     models, opts, refs, ref_opts = cohort()
     x, y = data()
-    step = c.make_step(models, opts, adv, c.EPS, steps=2, capture="on")
+    step = engine.make_step(models, opts, adv, c.EPS, steps=2, capture="on")
     run_steps(step, models, opts, refs, ref_opts, adv, (16, 16, 6, 16, 16), x, y, lr_drop_at=2)
     assert_same_members(models, opts, refs, ref_opts)
     assert step.ran == {"why": None, "capture": "on", "captured": 4, "eager": 1, "cohort": 2}
-    assert len(c._CAPTURED.checks) == 1 and c._CAPTURED.checks[0]["difference"] == 0  # CPU fp32: to the bit
+    assert len(engine._CAPTURED.checks) == 1 and engine._CAPTURED.checks[0]["difference"] == 0  # CPU fp32: to the bit
 
 
 def test_captured_evaluation_equals_eager(fake_cuda):
     model = c.build_model("resnet8", 10)
     x, y = c.synthetic("cifar10", True, 50)
     for kind in (None, "fgsm", "pgd"):
-        f, e = c.eval_step(model, kind, c.EPS, capture="on"), c.eval_step(model, kind, c.EPS, capture="off")
+        f, e = engine.eval_step(model, kind, c.EPS, capture="on"), engine.eval_step(model, kind, c.EPS, capture="off")
         for lo, hi in ((0, 20), (20, 40), (40, 50)):  # a graph per batch size, replayed on new inputs
             xb = x[lo:hi].float() / 255
             assert torch.equal(f(xb, y[lo:hi]), e(xb, y[lo:hi])), kind
-    assert len(c._CAPTURED.graphs) == 6
+    assert len(engine._CAPTURED.graphs) == 6
 
 
 def test_evaluation_graphs_follow_the_weights(fake_cuda):
@@ -232,7 +233,7 @@ def test_evaluation_graphs_follow_the_weights(fake_cuda):
     model = c.build_model("resnet8", 10)
     BakedWeights.model = model
     x, y = data(60)
-    fs = {k: c.eval_step(model, k, c.EPS, steps=2, capture="on") for k in (None, "fgsm", "pgd")}
+    fs = {k: engine.eval_step(model, k, c.EPS, steps=2, capture="on") for k in (None, "fgsm", "pgd")}
     for f in fs.values():
         f(x[:20], y[:20])  # the captures, checked against eager on their first replay
     opt = sgd([model])[0]
@@ -240,7 +241,7 @@ def test_evaluation_graphs_follow_the_weights(fake_cuda):
         c.set_train_mode(model)
         c.train_step(model, opt, x[20 * i:20 * i + 20], y[20 * i:20 * i + 20], "nat")
     for k, f in fs.items():
-        assert torch.equal(f(x[20:40], y[20:40]), c.eval_step(model, k, c.EPS, steps=2, capture="off")(x[20:40],
+        assert torch.equal(f(x[20:40], y[20:40]), engine.eval_step(model, k, c.EPS, steps=2, capture="off")(x[20:40],
                                                                                                       y[20:40])), k
 
 
@@ -257,19 +258,19 @@ def test_a_failed_capture_falls_back_to_an_eager_run(fake_cuda, monkeypatch, cap
     x, y = data()
     bs = member_batches(x, y, 0, 16)
     for ms, os_ in ((models, opts), (refs, ref_opts)):  # momentum exists: the fallback must restore it, not zero it
-        c.make_step(ms, os_, "pgd", c.EPS, steps=2, capture="off")(bs, [None, None])
-    f = c.eval_step(models[0], "fgsm")  # made before the failure: it must go eager too
+        engine.make_step(ms, os_, "pgd", c.EPS, steps=2, capture="off")(bs, [None, None])
+    f = engine.eval_step(models[0], "fgsm")  # made before the failure: it must go eager too
     fail_at(monkeypatch, "train_step", call)
-    step = c.make_step(models, opts, "pgd", c.EPS, steps=2)
+    step = engine.make_step(models, opts, "pgd", c.EPS, steps=2)
     run_steps(step, models, opts, refs, ref_opts, "pgd", (16, 16, 6), x, y)
     assert_same_members(models, opts, refs, ref_opts)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"capturing the training step (2 models) failed in its {phase}" in err[0]
     assert "injected failure" in err[0] and "continuing eagerly" in err[0] and "--capture off" in err[0]
     assert step.ran["why"].startswith("fallback: capturing the training step") and step.ran["captured"] == 0
-    n = len(c._CAPTURED.graphs)
-    assert torch.equal(f(x[:8], y[:8]), c.eval_step(models[0], "fgsm", capture="off")(x[:8], y[:8]))
-    assert len(c._CAPTURED.graphs) == n  # the whole process runs eagerly from then on
+    n = len(engine._CAPTURED.graphs)
+    assert torch.equal(f(x[:8], y[:8]), engine.eval_step(models[0], "fgsm", capture="off")(x[:8], y[:8]))
+    assert len(engine._CAPTURED.graphs) == n  # the whole process runs eagerly from then on
 
 
 @pytest.mark.parametrize("phase, call", [("warm-up", 2), ("capture", 4), ("first replay", 5)])
@@ -278,9 +279,9 @@ def test_a_failed_evaluation_capture_falls_back(fake_cuda, monkeypatch, capsys, 
     model = c.build_model("resnet8", 10)
     x, y = data(40)
     fail_at(monkeypatch, "predict", call)
-    f = c.eval_step(model, "pgd", c.EPS, steps=2)
+    f = engine.eval_step(model, "pgd", c.EPS, steps=2)
     got = [f(x[i:i + 20], y[i:i + 20]) for i in (0, 20)]
-    want = [c.eval_step(model, "pgd", c.EPS, steps=2, capture="off")(x[i:i + 20], y[i:i + 20]) for i in (0, 20)]
+    want = [engine.eval_step(model, "pgd", c.EPS, steps=2, capture="off")(x[i:i + 20], y[i:i + 20]) for i in (0, 20)]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"capturing the pgd evaluation graph (batch 20) failed in its {phase}" in err[0]
@@ -291,7 +292,7 @@ def test_capture_on_stops_at_a_failure(fake_cuda, monkeypatch):
     x, y = data()
     fail_at(monkeypatch, "train_step", 3)
     with pytest.raises(RuntimeError, match="failed in its warm-up.*--capture on stops here"):
-        c.make_step(models, opts, "nat", capture="on")(member_batches(x, y, 0, 16), [None, None])
+        engine.make_step(models, opts, "nat", capture="on")(member_batches(x, y, 0, 16), [None, None])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def test_the_self_check_catches_a_broken_graph(fake_cuda, capsys, graph, what):
     refs = copy.deepcopy(models)
     opts, ref_opts = sgd(models), sgd(refs)
     x, y = data()
-    step = c.make_step(models, opts, "fgsm", c.EPS)
+    step = engine.make_step(models, opts, "fgsm", c.EPS)
     run_steps(step, models, opts, refs, ref_opts, "fgsm", (16, 16, 16), x, y, lr_drop_at=1)
     assert_same_members(models, opts, refs, ref_opts)
     err = capsys.readouterr().err.strip().splitlines()
@@ -328,9 +329,9 @@ def test_the_self_check_catches_a_stale_evaluation_input(fake_cuda):
     fake_cuda.graph = StaleInput
     model = c.build_model("resnet8", 10)
     x, y = c.synthetic("cifar10", True, 100)
-    f = c.eval_step(model, capture="auto")
-    assert torch.equal(f(x.float() / 255, y), c.eval_step(model, capture="off")(x.float() / 255, y))
-    assert c._CAPTURED.fallback.startswith("the self-check of the captured clean evaluation graph (batch 100)")
+    f = engine.eval_step(model, capture="auto")
+    assert torch.equal(f(x.float() / 255, y), engine.eval_step(model, capture="off")(x.float() / 255, y))
+    assert engine._CAPTURED.fallback.startswith("the self-check of the captured clean evaluation graph (batch 100)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -341,11 +342,11 @@ def test_graphs_live_for_the_process(fake_cuda):
     graph may use): every graph stays in the process's registry."""
     models, opts, _, _ = cohort()
     x, y = data()
-    step = c.make_step(models, opts, "nat")
+    step = engine.make_step(models, opts, "nat")
     step(member_batches(x, y, 0, 16), [None, None])
-    f = c.eval_step(models[0])
+    f = engine.eval_step(models[0])
     f(x[:16], y[:16])
-    alive = [weakref.ref(g) for g in c._CAPTURED.graphs]
+    alive = [weakref.ref(g) for g in engine._CAPTURED.graphs]
     assert len(alive) == 2
     del step, f, models, opts
     gc.collect()
@@ -357,11 +358,11 @@ def test_evaluation_graphs_share_one_pool(fake_cuda):
     training graph in its own."""
     models, opts, _, _ = cohort()
     x, y = data()
-    c.make_step(models, opts, "nat")(member_batches(x, y, 0, 16), [None, None])
+    engine.make_step(models, opts, "nat")(member_batches(x, y, 0, 16), [None, None])
     for m in models:
         for kind, n in ((None, 16), ("pgd", 16), ("pgd", 8)):
-            c.eval_step(m, kind, steps=1)(x[:n], y[:n])
-    train, *evals = c._CAPTURED.graphs
+            engine.eval_step(m, kind, steps=1)(x[:n], y[:n])
+    train, *evals = engine._CAPTURED.graphs
     assert train.pool is None and len(evals) == 6
     assert evals[0].pool is not None and all(g.pool is evals[0].pool for g in evals)
 
@@ -388,7 +389,7 @@ def test_fit_resumes_and_takes_late_members_through_the_captured_path(fake_cuda,
         train_source.main([*FIT, "--seed", str(s), "--out", str(tmp_path / f"alone{s}.pt")])
         for a, b in ((f"co/s{s}.pt", f"alone{s}.pt"), (f"co/s{s}.last.pt", f"alone{s}.last.pt")):
             assert_identical(load(tmp_path / a), load(tmp_path / b), a)  # how the steps ran aside (TIMING)
-    assert c._CAPTURED.fallback is None
+    assert engine._CAPTURED.fallback is None
     ran = [load(tmp_path / f"co/s{s}.pt")["steps_ran"] for s in (0, 1)]
     n = 2  # steps per epoch: 38 training images in batches of 20, the last one partial (eager)
     assert [(r["epochs"], r["cohort"], r["captured"], r["eager"]) for r in ran[0]] == [([1, 1], 1, 1, 1),
@@ -426,7 +427,7 @@ def test_cuda_only_settings_on_the_cpu_are_refused(tmp_path, tiny, capsys, main,
     else:
         argv = ["--ckpt", str(tmp_path / "x.pt"), "--out", str(tmp_path / "x.eval.json"), "--device", "cpu", *args]
     with pytest.raises(SystemExit) as e:
-        c.run_main(lambda: main(argv))
+        engine.run_main(lambda: main(argv))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0]
     assert list(tmp_path.iterdir()) == []
@@ -446,11 +447,11 @@ def test_resume_takes_fused_and_foreach_from_this_device(tmp_path, written, made
     model(torch.rand(2, 3, 32, 32)).sum().backward()
     old.step()
     m = {"model": model, "out": str(tmp_path / "x.pt"), "args": {"seed": 0}, "info": {}}
-    c.atomic_save({"arch": "resnet8", "args": {"seed": 0}, "epoch": 1, "model": model.state_dict(),
+    engine.atomic_save({"arch": "resnet8", "args": {"seed": 0}, "epoch": 1, "model": model.state_dict(),
                    "optimizer": old.state_dict(), "best": {"score": 1.0}, "rows": [], "steps_ran": [{"x": 1}]},
                   str(tmp_path / "x.last.pt"))
     new = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=made)
-    assert c._start(m, new, 0.1, 3, force=False)[0] == 1
+    assert engine._start(m, new, 0.1, 3, force=False)[0] == 1
     assert all(g["fused"] is made and g["foreach"] is None for g in new.param_groups)
     assert all(torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
                for p in model.parameters())

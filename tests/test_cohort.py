@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import common as c
+import engine
 import train_source
 import transfer
 from test_scripts import TIMING, assert_identical, check_one_line_error, outputs, snapshot, strip_timing
@@ -70,7 +71,7 @@ def test_step_maker_eager_is_train_step(adv):
     refs = copy.deepcopy(models)
     sgd = lambda ms: [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5) for m in ms]  # noqa
     opts, ref_opts = sgd(models), sgd(refs)
-    step = c.make_step(models, opts, adv, c.EPS, steps=2)
+    step = engine.make_step(models, opts, adv, c.EPS, steps=2)
     x, y = c.synthetic("cifar10", True, 32)
     x = x.float() / 255
     for i in range(2):  # two steps: the momentum buffers matter in the second
@@ -90,11 +91,11 @@ def test_lr_schedule_is_the_authors_step_schedule(epochs, milestones):
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, round(f * epochs)) for f in milestones], 0.1)
     for e in range(epochs):
-        assert c.lr_at(e, 0.1, epochs, milestones) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), e
+        assert engine.lr_at(e, 0.1, epochs, milestones) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), e
         opt.step()
         sched.step()
     if epochs == 200:
-        assert [c.lr_at(e, 0.1, 200, milestones) for e in (99, 100, 149, 150)] == pytest.approx([.1, .01, .01, .001])
+        assert [engine.lr_at(e, 0.1, 200, milestones) for e in (99, 100, 149, 150)] == pytest.approx([.1, .01, .01, .001])
 
 
 def test_collapse_verdict():
@@ -121,7 +122,7 @@ def test_a_finished_run_is_kept_and_force_retrains_it(tmp_path, tiny, run_script
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, tiny, run_script):
     out = tmp_path / "x.pt"
-    with c.output_lock(str(out)):  # this test process is the first run
+    with engine.output_lock(str(out)):  # this test process is the first run
         r = run_script("train_source.py", ["--dataset", "cifar10", *tiny(), "--out", out], tmp_path)
     line = check_one_line_error(r)
     assert str(out) in line and f"pid {os.getpid()}" in line
@@ -149,14 +150,14 @@ def test_cohort_resumes_each_member_where_it_stopped(tmp_path, tiny, monkeypatch
     (the members join at different epochs): each still equals its uninterrupted separate run."""
     args = ["--dataset", "cifar10", "--adv", "fgsm", "--steps", "1", *tiny(), "--epochs", "3", "--milestones", "0.5"]
     template = str(tmp_path / "cohort" / "s{seed}.pt")
-    real = c.atomic_save
+    real = engine.atomic_save
 
     def crash_after_epoch_1(obj, path):
         real(obj, path)
         if path.endswith(".last.pt") and obj["epoch"] == 1:
             raise Crash
 
-    monkeypatch.setattr(c, "atomic_save", crash_after_epoch_1)
+    monkeypatch.setattr(engine, "atomic_save", crash_after_epoch_1)
     with pytest.raises(Crash):
         train_source.main([*args, "--seed", "0", "--out", template])
     monkeypatch.undo()

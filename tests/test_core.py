@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common as c
+import engine
 
 EPS = 8 / 256
 
@@ -508,7 +509,7 @@ def test_accuracy_matches_predictions():
     m.eval()
     with torch.no_grad():
         expected = 100 * (m(x.float() / 255).argmax(1) == y).sum().item() / 30
-    assert c.accuracy(m, x, y, batch_size=7) == pytest.approx(expected)
+    assert engine.accuracy(m, x, y, batch_size=7) == pytest.approx(expected)
 
 
 def test_eps_scales():

@@ -15,6 +15,7 @@ import torch
 
 import bench
 import common as c
+import engine
 import report
 import transfer
 from test_cohort import assert_same_run, load_run
@@ -254,7 +255,7 @@ def test_depth_report_with_seeds_and_bad_input(tmp_path, capsys):
     for argv, says in ((["--unfreeze", "b9"], "is the paper's 12"), (["--src", "fgsm"], "no evaluated transfer of "
                                                                      "fgsm->nat"), (["--margin", "-1"], "--margin")):
         with pytest.raises(SystemExit) as e:
-            c.run_main(lambda: report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat", *argv]))
+            engine.run_main(lambda: report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat", *argv]))
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 import common as c
+import engine
 import evaluate
 import train_source
 
@@ -439,7 +440,7 @@ def test_blackbox_examples_file(examples, tiny_densenet):
         assert (bb[k] - x).abs().max() <= EPS + 1e-6 and bb[k].min() >= 0 and bb[k].max() <= 1
         assert (bb[k] != x).float().mean() > 0.5  # really perturbed
     model = c.model_from_checkpoint(c.load_checkpoint(str(tiny_densenet)))
-    assert bb["source_acc_clean"] == c.accuracy(model, xu, y)
+    assert bb["source_acc_clean"] == engine.accuracy(model, xu, y)
     for k in ("fgsm", "pgd"):
         assert bb["source_acc_" + k] == pytest.approx(100 * (c.predict(model, bb["x_" + k]) == y).float().mean().item())
 
@@ -507,7 +508,7 @@ def test_evaluation_agrees_with_a_recount(baseline_eval, baseline, examples):
         assert np.unpackbits(np.frombuffer(base64.b64decode(pi["correct"][k]), np.uint8), count=N_BB).tolist() == \
             v.int().tolist(), k
     assert sum(pi["clean_pred_counts"]) == N_BB and len(pi["clean_pred_counts"]) == 10
-    assert r["acc"]["clean"] == c.accuracy(model, x, y)  # and as common.accuracy counts
+    assert r["acc"]["clean"] == engine.accuracy(model, x, y)  # and as engine.accuracy counts
 
 
 def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
@@ -618,7 +619,7 @@ def test_finished_evaluation_is_not_redone(class_means, fake_ckpt, tmp_path, mon
 
 def test_a_second_evaluation_on_the_same_out_is_refused(class_means, fake_ckpt, tmp_path, monkeypatch):
     out = tmp_path / "m.eval.json"
-    with c.output_lock(str(out)):  # another run holds it
+    with engine.output_lock(str(out)):  # another run holds it
         with pytest.raises(c.UsageError, match="being written by another run"):
             evaluate_module(NearestMean(class_means), fake_ckpt, out, monkeypatch, "--no-strong", "--no-curve")
     assert not out.exists()

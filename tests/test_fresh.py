@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import common as c
+import engine
 import evaluate
 import report
 import train_source
@@ -54,19 +55,19 @@ def test_divergence_after_a_good_epoch_keeps_that_epoch_to_resume(tmp_path, tiny
                 next(model.parameters()).fill_(float("inf"))
         return out
     poison.epoch, poison.victim = 0, None
-    real_lr = c.set_lr
+    real_lr = engine.set_lr
 
     def count_epochs(opt, lr):
         poison.epoch += opt is poison.opt
         return real_lr(opt, lr)
-    real_make = c.make_step
+    real_make = engine.make_step
 
     def mk(models, opts, *a, **kw):
         poison.victim, poison.opt = models[0], opts[0]
         return real_make(models, opts, *a, **kw)
     monkeypatch.setattr(c, "train_step", poison)
-    monkeypatch.setattr(c, "set_lr", count_epochs)
-    monkeypatch.setattr(c, "make_step", mk)
+    monkeypatch.setattr(engine, "set_lr", count_epochs)
+    monkeypatch.setattr(engine, "make_step", mk)
     with pytest.raises(c.UsageError, match=r"s0.pt: the training diverged .* at epoch 2 step 2, .*keeps epoch 1"):
         train_source.main(["--dataset", "cifar10", "--seed", "0", "1", "--out", str(tmp_path / "m_s{seed}.pt"),
                            *tiny(), "--epochs", "3"])
@@ -106,7 +107,7 @@ def test_progress_inside_an_epoch_and_time_left_from_steps_only(tmp_path, tiny, 
     import time
     real = c.load_data
     monkeypatch.setattr(c, "load_data", lambda *a, **kw: (time.sleep(4), real(*a, **kw))[1])
-    monkeypatch.setattr(c, "PROGRESS_S", 0)
+    monkeypatch.setattr(engine, "PROGRESS_S", 0)
     train_source.main(["--dataset", "cifar10", "--out", str(tmp_path / "m.pt"), *tiny(), "--epochs", "2",
                        "--batch-size", "10"])  # 38 images: 4 steps an epoch
     out = capsys.readouterr().out.splitlines()
@@ -126,9 +127,9 @@ def test_cpu_warning_and_interrupt_message_of_a_training(tmp_path, monkeypatch, 
 
     def interrupt(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(c, "make_step", interrupt)
+    monkeypatch.setattr(engine, "make_step", interrupt)
     with pytest.raises(SystemExit) as e:
-        c.run_main(lambda: train_source.main(["--dataset", "cifar10", "--arch", "resnet8", "--device", "cpu",
+        engine.run_main(lambda: train_source.main(["--dataset", "cifar10", "--arch", "resnet8", "--device", "cpu",
                                               "--out", str(tmp_path / "m.pt")]))
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and err[0].startswith("warning: 47,500 images x 200 epochs on the CPU take days")
@@ -208,7 +209,7 @@ def test_evaluation_lines_are_named_and_an_interrupt_says_nothing_was_written(mo
     assert len(out) > 4 and all(line.startswith("[a.eval.json] ") for line in out), out
     monkeypatch.setattr(evaluate, "evaluate", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(SystemExit):
-        c.run_main(lambda: evaluate.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "b.eval.json"), *SYN]),
+        engine.run_main(lambda: evaluate.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "b.eval.json"), *SYN]),
                    evaluate.INTERRUPTED)
     assert "nothing was written" in capsys.readouterr().err and not (tmp_path / "b.eval.json").exists()
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import common as c
+import engine
 import train_source
 from test_scripts import Crash, crash_after_epoch, load
 
@@ -45,14 +46,14 @@ def train(models, opts, adv, capture, sizes=(100,) * 5, lr_drop_at=None, seeds=N
     """fit's inner loop over batches of the given sizes (each member its own data order, from its seed); the
     learning rate drops 0.1 -> 0.01 before step lr_drop_at. Returns the losses per step and member, and the step."""
     x, y = data()
-    step = c.make_step(models, opts, adv, c.EPS, capture=capture)
+    step = engine.make_step(models, opts, adv, c.EPS, capture=capture)
     gens = [torch.Generator("cuda").manual_seed(i) for i in (seeds or range(len(models)))]
     perms = [torch.randperm(len(x), device="cuda", generator=g) for g in gens]
     losses, lo = [], 0
     for i, n in enumerate(sizes):
         if i == lr_drop_at:
             for o in opts:
-                c.set_lr(o, 0.01)
+                engine.set_lr(o, 0.01)
         bs = [(c.augment(x[p[lo:lo + n]], g).float() / 255, y[p[lo:lo + n]]) for p, g in zip(perms, gens)]
         losses.append([o[0].item() for o in step(bs, gens)])
         lo += n
@@ -100,14 +101,14 @@ def test_evaluation_graphs_follow_the_weights():
     (m,), (o,) = cohort(1)
     x, y = data()
     xb, yb = x[:200].float() / 255, y[:200]
-    fs = {k: c.eval_step(m, k, c.EPS, capture="on") for k in (None, "fgsm", "pgd")}
+    fs = {k: engine.eval_step(m, k, c.EPS, capture="on") for k in (None, "fgsm", "pgd")}
     for f in fs.values():
         f(xb, yb)  # the captures
     w = m.linear.weight.clone()
     train([m], [o], "pgd", "on", (100,) * 4)
     assert not torch.equal(w, m.linear.weight)  # moved in place
     for k, f in fs.items():
-        got, want = f(xb, yb), c.eval_step(m, k, c.EPS, capture="off")(xb, yb)
+        got, want = f(xb, yb), engine.eval_step(m, k, c.EPS, capture="off")(xb, yb)
         assert (got != want).float().mean() <= 0.01, k
 
 
@@ -126,10 +127,10 @@ def test_no_host_sync_in_a_captured_step_or_evaluation():
     """Catches a capture that syncs with the host on replay (e.g. a learning rate read back as a Python float)."""
     models, opts = cohort(2)
     x, y = data(200)
-    step = c.make_step(models, opts, "pgd", c.EPS, capture="on")
+    step = engine.make_step(models, opts, "pgd", c.EPS, capture="on")
     bs = [(x[:100].float() / 255, y[:100])] * 2
     step(bs, [None, None])  # the capture
-    f = c.eval_step(models[0], "pgd", c.EPS, capture="on")
+    f = engine.eval_step(models[0], "pgd", c.EPS, capture="on")
     f(x[:100].float() / 255, y[:100])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -147,11 +148,11 @@ def test_fp32_evaluation_is_its_own_graph():
     (m,), _ = cohort(1)
     x, y = data(200)
     xb, yb = x.float() / 255, y
-    bf16 = c.eval_step(m, "pgd", c.EPS, capture="on")(xb, yb)
+    bf16 = engine.eval_step(m, "pgd", c.EPS, capture="on")(xb, yb)
     with c.precision("fp32"):
-        got = c.eval_step(m, "pgd", c.EPS, capture="on")(xb, yb)
-        want = c.eval_step(m, "pgd", c.EPS, capture="off")(xb, yb)
-    assert len(c._CAPTURED.evals[m]) == 2 and (got != want).float().mean() <= 0.01
+        got = engine.eval_step(m, "pgd", c.EPS, capture="on")(xb, yb)
+        want = engine.eval_step(m, "pgd", c.EPS, capture="off")(xb, yb)
+    assert len(engine._CAPTURED.evals[m]) == 2 and (got != want).float().mean() <= 0.01
     assert bf16.shape == got.shape
 
 
@@ -237,14 +238,14 @@ torch.manual_seed(0)
 m = c.build_model("resnet20", 10).cuda().to(memory_format=torch.channels_last)
 x, y = c.synthetic("cifar10", False, 200)
 x, y = x.cuda().float() / 255, y.cuda()
-evals = [c.eval_step(m, k, c.EPS, capture="on") for k in (None, "fgsm", "pgd")]
+evals = [engine.eval_step(m, k, c.EPS, capture="on") for k in (None, "fgsm", "pgd")]
 for f in evals:
     f(x, y)
 c.set_train_mode(m)
 o = torch.optim.SGD(m.parameters(), lr=torch.tensor(0.1, device="cuda"), momentum=0.9, fused=True)
-step = c.make_step([m], [o], "nat", capture="on")
+step = engine.make_step([m], [o], "nat", capture="on")
 step([(x[:100], y[:100])], [None])
-old = weakref.ref(c._CAPTURED.graphs[-1])
+old = weakref.ref(engine._CAPTURED.graphs[-1])
 del step  # a cohort that changes drops its step: its graph must stay
 gc.collect()
 assert old() is not None, "a graph was freed with its step"
@@ -257,7 +258,7 @@ del g, b
 gc.collect()
 m.eval()
 for k, f in zip((None, "fgsm", "pgd"), evals):
-    got, want = f(x, y), c.eval_step(m, k, c.EPS, capture="off")(x, y)
+    got, want = f(x, y), engine.eval_step(m, k, c.EPS, capture="off")(x, y)
     assert (got != want).float().mean() <= 0.01, k
 torch.cuda.synchronize()
 print("OK")

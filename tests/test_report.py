@@ -17,6 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+import engine  # noqa: E402
 import report  # noqa: E402
 
 CURVE_EPS = [0, 1, 2, 4, 8, 16, 32]
@@ -407,7 +408,7 @@ def run_cli(*args):
 
 
 def fails(capsys, *args):
-    """report.py's main under common.run_main, as the command line runs it: exit status and stderr lines."""
+    """report.py's main under engine.run_main, as the command line runs it: exit status and stderr lines."""
     with pytest.raises(SystemExit) as ex:
         report.run_main(lambda: report.main([str(a) for a in args]))
     return ex.value.code, capsys.readouterr().err.strip().splitlines()
@@ -550,10 +551,9 @@ def test_out_that_cannot_be_written_fails_before_the_work(tmp_path, capsys, monk
 
 
 def test_a_second_report_on_the_same_out_is_refused(tmp_path, capsys):
-    import common
     full_run(tmp_path, skip=report.ROWS[3:])
     out = tmp_path / "report"
-    with common.output_lock(str(out)):  # another run holds it
+    with engine.output_lock(str(out)):  # another run holds it
         code, lines = fails(capsys, "--run", tmp_path, "--out", out)
     assert code == 2 and len(lines) == 1 and "being written by another run" in lines[0] and "pid" in lines[0]
     assert not out.exists()

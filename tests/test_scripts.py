@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import common as c
+import engine
 import train_source
 import transfer
 
@@ -66,14 +67,14 @@ def check_outputs(out, *, epochs, dataset, adv, arch, num_classes, lr=0.1):
     a = ck["args"]
     _, (xva, yva) = c.load_data(dataset, a["data_dir"], a["limit"])
     model.eval()
-    assert c.accuracy(model, xva, yva) == ck["metrics"]["val_clean"]
+    assert engine.accuracy(model, xva, yva) == ck["metrics"]["val_clean"]
     if adv == "fgsm" and a["label_fix"]:  # validated with the attack it trains on: FGSM on its own predictions
         xf = xva.float() / 255
         right = (c.predict(model, c.fgsm(model, xf, c.predict(model, xf), a["eps"] / 256)) == yva).sum().item()
         assert 100 * right / len(yva) == ck["metrics"]["val_adv"]
         assert ck["metrics"]["val_attack"] == "fgsm(pred. labels)"
     elif adv != "nat":
-        assert c.accuracy(model, xva, yva, kind=adv, eps=a["eps"] / 256, steps=a["steps"]) == ck["metrics"]["val_adv"]
+        assert engine.accuracy(model, xva, yva, kind=adv, eps=a["eps"] / 256, steps=a["steps"]) == ck["metrics"]["val_adv"]
     return ck, last
 
 
@@ -95,14 +96,14 @@ def test_baseline_cifar10_fgsm(tiny_baseline):
 
 def test_baseline_cifar10_pgd_two_epochs(tmp_path, tiny, monkeypatch):
     # every accuracy() call gets uint8 data: it scales by 1/255 itself (a float batch would be scaled twice)
-    real, calls = c.accuracy, []
+    real, calls = engine.accuracy, []
 
     def checked(model, x, y, *args, **kw):
         assert x.dtype == torch.uint8
         calls.append(kw.get("kind"))
         return real(model, x, y, *args, **kw)
 
-    monkeypatch.setattr(c, "accuracy", checked)
+    monkeypatch.setattr(engine, "accuracy", checked)
     out = tmp_path / "cifar10_pgd.pt"
     train_source.main(["--dataset", "cifar10", "--adv", "pgd", "--steps", "1", "--out", str(out), *tiny(),
                        "--epochs", "2"])
@@ -114,7 +115,7 @@ def test_baseline_cifar10_pgd_two_epochs(tmp_path, tiny, monkeypatch):
     # the train-batch monitor is PGD accuracy of the epoch's weights on the first 256 training images
     (xtr, ytr), _ = c.load_data("cifar10", "synthetic", 40)
     model = c.model_from_checkpoint(last)
-    assert c.accuracy(model, xtr[:256], ytr[:256], kind="pgd", eps=8 / 256, steps=1) == rows[-1]["train_batch_pgd"]
+    assert engine.accuracy(model, xtr[:256], ytr[:256], kind="pgd", eps=8 / 256, steps=1) == rows[-1]["train_batch_pgd"]
     if ck["epoch"] == 2:
         assert state_equal(ck["model"], last["model"])
 
@@ -162,7 +163,7 @@ def test_transfer(tmp_path, tiny, tiny_source, unfreeze, tgt, freeze_bn):
     ("fgsm", [10.0, 60.0, 90.0], [40.0, 40.0, 0.0], 2),
 ])
 def test_final_checkpoint_is_the_best_validation_epoch(tmp_path, tiny, monkeypatch, adv, clean, adv_acc, best):
-    real, epoch = c.accuracy, {"clean": 0, "adv": 0}
+    real, epoch = engine.accuracy, {"clean": 0, "adv": 0}
 
     def scripted(model, x, y, *args, kind=None, **kw):  # validation scores chosen by the test
         real(model, x, y, *args, kind=kind, **kw)
@@ -174,7 +175,7 @@ def test_final_checkpoint_is_the_best_validation_epoch(tmp_path, tiny, monkeypat
             return adv_acc[epoch["adv"] - 1]
         return 0.0  # the train-batch PGD monitor takes no part in model selection
 
-    monkeypatch.setattr(c, "accuracy", scripted)
+    monkeypatch.setattr(engine, "accuracy", scripted)
     # --no-label-fix: FGSM validation then goes through accuracy(), which this test scripts (with the fix it crafts
     # on the model's own predictions, as its training does: check_outputs checks that value)
     fix = ["--no-label-fix"] if adv == "fgsm" else []
@@ -229,13 +230,13 @@ class Crash(Exception):
 
 def crash_after_epoch(monkeypatch, epoch):
     """Make the training die right after writing its resume state for `epoch` (a kill at the worst moment)."""
-    real = c.atomic_save
+    real = engine.atomic_save
 
     def save(obj, path):
         real(obj, path)
         if path.endswith(".last.pt") and obj["epoch"] == epoch:
             raise Crash
-    monkeypatch.setattr(c, "atomic_save", save)
+    monkeypatch.setattr(engine, "atomic_save", save)
 
 
 def load(p):
@@ -249,14 +250,14 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, tiny, monkeypatch
                       *tiny(), "--epochs", "3", "--out", str(tmp_path / d / "run.pt")]  # noqa: E731
     train_source.main(args("A"))
 
-    real = c.atomic_save
+    real = engine.atomic_save
 
     def crash_after_epoch_2(obj, path):
         real(obj, path)
         if path.endswith(".last.pt") and obj["epoch"] == 2:
             raise Crash  # killed right after the epoch-2 checkpoint, before its log line
 
-    monkeypatch.setattr(c, "atomic_save", crash_after_epoch_2)
+    monkeypatch.setattr(engine, "atomic_save", crash_after_epoch_2)
     with pytest.raises(Crash):
         train_source.main(args("B"))
     monkeypatch.undo()

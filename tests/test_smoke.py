@@ -55,7 +55,7 @@ def test_make_smoke_builds_every_stage_and_the_report(tmp_path):
             assert "epoch   1/" in (p.parent / (p.name[:-3] + ".log")).read_text(), p
     # checkpoints are Make targets: a second run finds everything up to date and trains nothing, even after the
     # code changed (code is an order-only prerequisite: editing a comment must not throw away a day of training)
-    for f in ("common.py", "train_source.py", "transfer.py", "evaluate.py", "report.py"):
+    for f in ("common.py", "engine.py", "train_source.py", "transfer.py", "evaluate.py", "report.py"):
         os.utime(ROOT / f)
     again = make("smoke", f"SMOKE_RUN={run}")
     assert again.returncode == 0 and "train_source.py" not in again.stdout and "evaluate.py" not in again.stdout
