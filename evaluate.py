@@ -204,13 +204,12 @@ def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=Non
     if acc.get("wb_strong") is not None and acc["wb_strong"] > acc["wb_pgd"] + tol:
         flag("strong-above-pgd", f"WB-strong {acc['wb_strong']:.1f}% > WB-PGD-7 {acc['wb_pgd']:.1f}%: more steps "
                                  f"and restarts should never do worse")
-    # The paper's WB-PGD column is PGD-7 without restarts; a far lower WB-strong means PGD-7 stopped short
-    # PGD-7 and WB-strong run on the same images: their gap's noise is the paired one (without the images, the
-    # sum of the two binomial standard errors bounds it whatever the pairing)
-    if acc.get("wb_strong") is not None:
-        se = paired_se(ok["wb_pgd"], ok["wb_strong"]) if ok and "wb_strong" in ok else \
-            c.binomial_se(acc["wb_pgd"], n) + c.binomial_se(acc["wb_strong"], n) if n else 0.0
-        gap = max(2.0, 2 * se) + path
+    # The paper's WB-PGD column is PGD-7 without restarts; a far lower WB-strong means PGD-7 stopped short. Both
+    # run on the same images: their gap's noise is the paired one (without the images, the sum of the two binomial
+    # standard errors bounds it whatever the pairing)
+    se = 0.0 if acc.get("wb_strong") is None else paired_se(ok["wb_pgd"], ok["wb_strong"]) if ok else \
+        c.binomial_se(acc["wb_pgd"], n) + c.binomial_se(acc["wb_strong"], n) if n else 0.0
+    gap = max(2.0, 2 * se) + path
     if acc.get("wb_strong") is not None and acc["wb_strong"] < acc["wb_pgd"] - gap:
         flag("pgd-not-converged", f"WB-strong {acc['wb_strong']:.1f}% is more than {gap:.1f} points below WB-PGD-7 "
                                   f"{acc['wb_pgd']:.1f}%: PGD-7 overstates robustness, the attack has not converged")
