@@ -131,12 +131,34 @@ def chance_level(acc, n, classes):
     return acc <= chance + 2 * c.binomial_se(chance, n)
 
 
-def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=None, bb_source=None):
+def path_tol(n, batch_size, captured):
+    """Points by which two numbers of one evaluation may differ though they measure the same thing, when they
+    came from different captured graphs (common.eval_step): each graph may disagree with eager predictions on
+    max(1, CHECK_FRAC of a batch) images of every batch (the self-check's tolerance; under bf16 two graphs pick
+    their own kernels), so two graphs on twice that. 0 when every path ran eagerly (the same computation, bit for
+    bit)."""
+    if not captured or not n:
+        return 0.0
+    return 2 * 100 * sum(math.floor(max(1, c.CHECK_FRAC * min(batch_size, n - i))) for i in range(0, n, batch_size)) / n
+
+
+def paired_se(a, b):
+    """Standard error (points) of the accuracy gap a - b of two columns on the same images, from which images
+    each got right (McNemar's paired form), with two images added at each extreme as report.compare adds them."""
+    d = np.concatenate([np.asarray(a, float) - np.asarray(b, float), [1, 1, -1, -1]])
+    return 100 * d.std() / math.sqrt(len(d))
+
+
+def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=None, bb_source=None, ok=None,
+                 path=0.0):
     """What a sound evaluation never shows; each flag names the check and the numbers that tripped it.
 
     n (test images) and classes enable the chance-level check, pred_counts (clean predictions per class) the
-    constant-class one, bb_source ((clean accuracy %, test images) of the black-box source) the check that the
-    black-box examples come from a model that learnt something."""
+    constant-class one, bb_source ({clean, fgsm, pgd: the black-box source's accuracy on the clean images and on
+    its own FGSM and PGD examples, n: images}) the check that the black-box examples come from a model that learnt
+    something and that they attack it; ok ({column: which images were right}) pairs the gap of WB-strong to
+    WB-PGD. path: points two numbers may differ by when they came from different captured graphs (path_tol):
+    added to every comparison, so that the flags cannot fire on a sound evaluation run captured."""
     f = []
 
     def flag(check, detail):
@@ -152,12 +174,23 @@ def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=Non
         flag("chance-level", f"clean {acc['clean']:.1f}% is not above chance ({100 / classes:g}% for {classes} "
                              f"classes) by more than two standard errors on {n} images: the model learnt nothing "
                              f"measurable")
-    if bb_source and chance_level(bb_source[0], bb_source[1], 10):
-        flag("bb-source-at-chance", f"the black-box source is at chance ({bb_source[0]:.1f}% clean on "
-                                    f"{bb_source[1]} images): its examples are noise, not black-box attacks")
-    if 0 in e and abs(a[e.index(0)] - acc["clean"]) > 1e-9:
-        flag("eps0-not-clean", f"PGD at eps 0 gives {a[e.index(0)]:.1f}% but clean is {acc['clean']:.1f}%: "
-                               f"the evaluation is not deterministic or the attack changes inputs at eps 0")
+    if bb_source and chance_level(bb_source["clean"], bb_source["n"], 10):
+        flag("bb-source-at-chance", f"the black-box source is at chance ({bb_source['clean']:.1f}% clean on "
+                                    f"{bb_source['n']} images): its examples are noise, not black-box attacks")
+    elif bb_source:  # examples that do not fool their own source are no attack on anything else either
+        weak = [k for k in ("fgsm", "pgd") if bb_source.get(k) is not None and bb_source[k] >= bb_source["clean"]
+                - noise_tol(bb_source["clean"], bb_source["n"]) - path]
+        if weak:
+            flag("bb-source-at-chance", f"the black-box source keeps {bb_source[weak[0]]:.1f}% on its own "
+                                        f"{weak[0].upper()} examples ({bb_source['clean']:.1f}% clean on "
+                                        f"{bb_source['n']} images): they do not attack it, so they are no black-box "
+                                        f"attack on another model")
+    if 0 in e and abs(a[e.index(0)] - acc["clean"]) > path + 1e-9:
+        flag("eps0-not-clean", f"PGD at eps 0 gives {a[e.index(0)]:.1f}% but clean is {acc['clean']:.1f}%"
+                               + (f", more than the {path:.1f} points two captured graphs may differ by" if path
+                                  else "") + ": the evaluation is not deterministic or the attack changes inputs "
+                                             "at eps 0")
+    tol += path
     for i in range(1, len(e)):
         if a[i] > a[i - 1] + tol:
             flag("rises-with-eps", f"PGD accuracy rises from {a[i - 1]:.1f}% at eps {e[i - 1]}/256 to {a[i]:.1f}% "
@@ -172,8 +205,12 @@ def sanity_flags(acc, curve=None, tol=TOL, n=None, classes=None, pred_counts=Non
     if acc.get("wb_strong") is not None and acc["wb_strong"] > acc["wb_pgd"] + tol:
         flag("strong-above-pgd", f"WB-strong {acc['wb_strong']:.1f}% > WB-PGD-7 {acc['wb_pgd']:.1f}%: more steps "
                                  f"and restarts should never do worse")
-    # The paper's WB-PGD column is PGD-7 without restarts; a far lower WB-strong means PGD-7 stopped short
-    gap = max(2.0, 2 * c.binomial_se(acc["wb_pgd"], n) if n and acc.get("wb_pgd") is not None else 0)
+    # The paper's WB-PGD column is PGD-7 without restarts; a far lower WB-strong means PGD-7 stopped short. Both
+    # run on the same images: their gap's noise is the paired one (without the images, the sum of the two binomial
+    # standard errors bounds it whatever the pairing)
+    se = 0.0 if acc.get("wb_strong") is None else paired_se(ok["wb_pgd"], ok["wb_strong"]) if ok else \
+        c.binomial_se(acc["wb_pgd"], n) + c.binomial_se(acc["wb_strong"], n) if n else 0.0
+    gap = max(2.0, 2 * se) + path
     if acc.get("wb_strong") is not None and acc["wb_strong"] < acc["wb_pgd"] - gap:
         flag("pgd-not-converged", f"WB-strong {acc['wb_strong']:.1f}% is more than {gap:.1f} points below WB-PGD-7 "
                                   f"{acc['wb_pgd']:.1f}%: PGD-7 overstates robustness, the attack has not converged")
@@ -421,8 +458,12 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
                 done += len(yb)
                 progress(f"curve, PGD-{a.steps} at eps {e:g}/256", done, a.steps * len(yb))
             curve["acc"].append(100 * right / max(1, n))
-    flags = sanity_flags(acc, curve, noise_tol(acc["clean"], n), n, c.NUM_CLASSES[dataset], counts.tolist(),
-                         None if bb is None or "source_acc_clean" not in bb else (bb["source_acc_clean"], bb["n_test"]))
+    src = None if bb is None or "source_acc_clean" not in bb else \
+        {"clean": bb["source_acc_clean"], "fgsm": bb.get("source_acc_fgsm"), "pgd": bb.get("source_acc_pgd"),
+         "n": bb["n_test"]}
+    flags = sanity_flags(acc, curve, noise_tol(acc["clean"], n), n, c.NUM_CLASSES[dataset], counts.tolist(), src,
+                         {k: v.cpu().numpy() for k, v in ok.items()},
+                         path_tol(n, a.batch_size, device.startswith("cuda") and a.capture != "off"))
     args = ck.get("args") or {}
     res = {"ckpt": a.ckpt, "role": ck["role"], "dataset": dataset, "arch": ck["arch"], "adv": ck.get("adv"),
            "src": ck.get("src"), "tgt": ck.get("tgt", ck.get("adv") if ck["role"] == "transfer" else None),

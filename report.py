@@ -3,6 +3,7 @@ evaluations of Davchev et al. 2019, "Towards Evaluating and Understanding Robust
 (arXiv 1905.02675).
 
     python report.py --run runs/paper                 # writes runs/paper/report/
+    python report.py --calibrate                      # how often the claims' verdicts err, on simulated runs
 
 Reads only the *.eval.json files under --run (evaluate.py writes X.eval.json beside checkpoint X.pt and copies
 into it what the report needs of the training: settings, kept epoch, per-epoch rows, the collapse verdict). The
@@ -15,6 +16,7 @@ import argparse
 import base64
 import csv
 import fnmatch
+import functools
 import glob
 import json
 import math
@@ -376,19 +378,28 @@ def tables(g, flags, extra):
 # ----------------------------------------------------------------------------------------------------------
 # Comparisons: the one statistical test behind every verdict (PROTOCOL.md, "How the report judges a run").
 # A comparison is a difference D = lhs - rhs in percentage points between weighted sums of rows' accuracies,
-# measured on the same test images: its test-set noise is paired, image by image (McNemar), and with several
-# seeds the seeds' own spread of D is added. compare() is the entry point; claims and other parts call it.
+# measured on the same test images: its test-set noise is paired, image by image (McNemar); the spread between
+# trainings (seeds) is added to it, declared (one seed) or measured (several). compare() is the entry point;
+# claims and other parts call it.
 
 ALPHA = 0.025  # per side: one comparison's interval is a 95% two-sided one
+# One model's accuracy moves between trainings (seeds) by this much (sample standard deviation, points), in every
+# column: the spread a one-seed verdict assumes (report.py --seed-sd), declared because one seed cannot measure
+# it. PROTOCOL.md gives its source; a run with rows of 2 or more seeds measures it instead (seed_spread).
+SEED_SD = 1.0
+FLOOR = 5.0  # points: a row within this of 0% or 100% is pressed against the bound, no measure of spread
+POWER = 0.8  # the minimum detectable effect of each comparison is at this power
 WB = ("wb_fgsm", "wb_pgd", "wb_strong", "autoattack", "worst")
 BLOCKS = {  # flag -> the columns whose numbers it voids; a flag not listed here voids the whole row
     "pgd-not-converged": ("wb_pgd", "worst"), "rises-with-eps": WB, "not-zero-at-max-eps": WB,
     "pgd-above-fgsm": WB, "strong-above-pgd": WB, "bb-below-wb": WB, "adv-above-clean": WB,
     "bb-above-clean": ("bb_fgsm", "bb_pgd", "worst"), "bb-source-at-chance": ("bb_fgsm", "bb_pgd", "worst"),
 }
-ONE_SEED = "1 seed: seed variation not measured"
+ONE_SEED = "1 seed: the seed spread is the declared one, not measured"
+NOT_TESTABLE = "not testable here"
 
 
+@functools.lru_cache(maxsize=None)  # the calibration asks for the same few thousands of times
 def t_quantile(p, df=None):
     """x with P(X <= x) = p (p >= 0.5) for Student's t with integer df >= 1, or the normal when df is None. The
     t distribution function is the exact finite series of Abramowitz & Stegun 26.7.3-4, inverted by bisection
@@ -415,17 +426,21 @@ def t_quantile(p, df=None):
 
 def bits(e, col):
     """Which test images evaluation e got right in column col (a bool array), or None: files from before
-    evaluate.py recorded them."""
-    pi = e.get("per_image") or {}
-    s = (pi.get("correct") or {}).get(col)
-    return None if s is None else np.unpackbits(np.frombuffer(base64.b64decode(s), np.uint8),
-                                                count=pi["n"]).astype(bool)
+    evaluate.py recorded them. Decoded once per evaluation (e["_bits"])."""
+    cache = e.setdefault("_bits", {})
+    if col not in cache:
+        pi = e.get("per_image") or {}
+        s = (pi.get("correct") or {}).get(col)
+        cache[col] = None if s is None else np.unpackbits(np.frombuffer(base64.b64decode(s), np.uint8),
+                                                          count=pi["n"]).astype(bool)
+    return cache[col]
 
 
 @dataclass
 class Comparison:
-    """One comparison's result: D = lhs - rhs (points, the mean over the seeds used), its standard error, the
-    interval D -/+ q se, the verdict, the seeds used and notes (e.g. ONE_SEED; an unpaired bound)."""
+    """One comparison's result: D = lhs - rhs (points, the mean over the seeds used), its standard error, the 95%
+    interval D -/+ q se, the verdict, the seeds used, the smallest distance of the true D from the margin that
+    it decides with 80% power (mde), and notes (e.g. ONE_SEED; an unpaired bound)."""
     verdict: str  # holds | contradicted | inconclusive | not testable here (why)
     lhs: float = None
     rhs: float = None
@@ -435,29 +450,33 @@ class Comparison:
     hi: float = None
     seeds: int = 0
     notes: list = field(default_factory=list)
+    mde: float = None
 
     @property
     def one_seed(self):
         return self.seeds == 1
 
 
-def judge(lo, hi, margin, kind):
-    """The verdict of an interval [lo, hi] of D. greater: D > margin. equivalent: |D| < margin (two one-sided
-    tests). effect (margin = the paper's effect): D > 0 and the paper's value not excluded."""
+def judge(d, margin, kind, h=0.0, c=None):
+    """The verdict on an estimate d: "holds" is judged on d -/+ h, "contradicted" on d -/+ c (c >= h: wider when
+    any one of k comparisons contradicts a claim, Bonferroni; c = h by default). greater: D > margin;
+    equivalent: |D| < margin, two one-sided tests."""
+    c = h if c is None else c
     if kind == "greater":
-        return "holds" if lo > margin else "contradicted" if hi < margin else "inconclusive"
+        return "holds" if d - h > margin else "contradicted" if d + c < margin else "inconclusive"
     if kind == "equivalent":
-        return "holds" if -margin < lo and hi < margin else \
-            "contradicted" if lo >= margin or hi <= -margin else "inconclusive"
-    if kind == "effect":
-        return "contradicted" if hi < margin else "holds" if lo > 0 else "inconclusive"
+        return "holds" if -margin < d - h and d + h < margin else \
+            "contradicted" if d - c >= margin or d + c <= -margin else "inconclusive"
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def effect_words(lo, hi, paper):
-    p = f"the paper's {paper:+.1f}"
-    return (f"opposite to {p}" if hi < 0 else f"smaller than {p}" if hi < paper else f"larger than {p}" if lo > paper
-            else f"consistent with {p}" if lo > 0 else f"consistent with {p} and with none")
+def combine(verdicts):
+    """Several verdicts as one, in the one precedence of the report: not testable here if any is, contradicted
+    if any is, holds if all hold, inconclusive otherwise (and not testable here when there is none)."""
+    if not verdicts or any(v.startswith(NOT_TESTABLE) for v in verdicts):
+        return NOT_TESTABLE
+    return "contradicted" if "contradicted" in verdicts else "holds" if set(verdicts) == {"holds"} else \
+        "inconclusive"
 
 
 def blocking(e, col):
@@ -465,27 +484,48 @@ def blocking(e, col):
     return [f["check"] for f in e["flags"] if col in BLOCKS.get(f["check"], (col,))]
 
 
-def _test(nums, sides, margin, kind, alpha, dens=()):
+def seed_spread(g, col, declared=SEED_SD):
+    """(sd, df, how) of one model's accuracy in column col between trainings. Measured when the run has rows with
+    2 or more seeds: the sample variance within each such row, pooled over the run's CIFAR-10 rows (df = the sum
+    of their seeds - 1), so that 3 seeds of many rows give a well-known spread where a single comparison's 3 seeds
+    give 2 degrees of freedom. Left out of the pool: flagged numbers, and rows within FLOOR points of 0% or 100%
+    (pressed against the bound, they would shrink the pool). Otherwise the declared sd (df None: taken as known)."""
+    ss, df, rows = 0.0, 0, 0
+    for (tab, _), es in g.items():
+        v = [e["acc"][col] for e in es if tab == "c10" and e["acc"].get(col) is not None and not blocking(e, col)]
+        if len(v) > 1 and FLOOR < np.mean(v) < 100 - FLOOR:
+            ss += (len(v) - 1) * np.var(v, ddof=1)
+            df += len(v) - 1
+            rows += 1
+    if not df:
+        return declared, None, f"{declared:g} point{'s' * (declared != 1)} per model, declared (no row measures it)"
+    return math.sqrt(ss / df), df, f"{math.sqrt(ss / df):.2f} points per model, measured: pooled over {rows} rows " \
+                                   f"({df} df)"
+
+
+def _test(nums, sides, margin, kind, alpha, dens=(), k=1, spread=None):
     """nums: [(evals of one row over seeds, column, the row's name)]; sides(values of nums) -> (lhs, rhs) in points;
-    dens: indices of nums that divide (a share must have a baseline measurably above 0)."""
+    dens: indices of nums that must be measurably above 0 (a share's baseline, a fraction's); k: "contradicted" is
+    judged at alpha / k (any one of k comparisons contradicts a claim); spread: (sd, df, how) of the seed spread
+    per model (seed_spread), or None: the declared SEED_SD with one seed, the comparison's own seeds with more."""
     missing = [f"{nm} {HEAD[col]}" for ev, col, nm in nums if not ev or any(e["acc"].get(col) is None for e in ev)]
     if missing:
-        return Comparison(f"not testable here (missing: {', '.join(dict.fromkeys(missing))})")
+        return Comparison(f"{NOT_TESTABLE} (missing: {', '.join(dict.fromkeys(missing))})")
     flagged = [f"{nm} seed {e['seed']}: `{fl}`" for ev, col, nm in nums for e in ev for fl in blocking(e, col)]
     if flagged:
-        return Comparison(f"not testable here (flagged: {'; '.join(dict.fromkeys(flagged))})")
+        return Comparison(f"{NOT_TESTABLE} (flagged: {'; '.join(dict.fromkeys(flagged))})")
     seeds = sorted(set.intersection(*({e["seed"] for e in ev} for ev, _, _ in nums)))
     if not seeds:
-        return Comparison(f"not testable here (no seed common to {', '.join(dict.fromkeys(n for *_, n in nums))})")
+        return Comparison(f"{NOT_TESTABLE} (no seed common to {', '.join(dict.fromkeys(n for *_, n in nums))})")
     used = [[next(e for e in ev if e["seed"] == s) for s in seeds] for ev, _, _ in nums]  # [number][seed]
     acc = [statistics.mean(e["acc"][col] for e in u) for u, (_, col, _) in zip(used, nums)]
     notes, s_n = [], len(seeds)
-    q = t_quantile(1 - alpha, s_n - 1 if s_n > 1 else None)
     for i in dens:  # a share of nothing is undefined: its baseline must be measurably above 0 (and at every seed)
         n = min(e.get("n_test") or 10_000 for e in used[i])
-        if acc[i] - q * binomial_se(acc[i], n) <= 0 or min(e["acc"][nums[i][1]] for e in used[i]) <= 0:
-            return Comparison(f"not testable here ({nums[i][2]} {HEAD[nums[i][1]]} is {acc[i]:.1f}%, not measurably "
-                              f"above 0: no robustness to take a share of)")
+        if acc[i] - t_quantile(1 - alpha) * binomial_se(acc[i], n) <= 0 or \
+                min(e["acc"][nums[i][1]] for e in used[i]) <= 0:
+            return Comparison(f"{NOT_TESTABLE} ({nums[i][2]} {HEAD[nums[i][1]]} is {acc[i]:.1f}%, not measurably "
+                              f"above 0: no robustness to take a fraction of)")
     per_seed = [sides([u[j]["acc"][col] for u, (_, col, _) in zip(used, nums)]) for j in range(len(seeds))]
     d = [l - r for l, r in per_seed]
     # the weight of each number in D, at the mean accuracies (exact for sums, the delta method for a share)
@@ -502,51 +542,82 @@ def _test(nums, sides, margin, kind, alpha, dens=()):
         # in 50 images is no proof of none (the exact 97.5% bound is 7 points; this gives 7.3)
         z = 100 * sum(gi * np.mean(bs, axis=0) for gi, bs in zip(g, b))
         ext = 100 * np.array([sum(max(gi, 0) for gi in g), sum(min(gi, 0) for gi in g)])
-        w = np.concatenate([np.ones(len(z)), [2.0, 2.0]])
-        zz = np.concatenate([z, ext])
-        m = (w * zz).sum() / w.sum()
-        se_test = math.sqrt((w * (zz - m) ** 2).sum() / w.sum() ** 2)
+        zz = np.concatenate([z, ext, ext])
+        se_test = float(zz.std() / math.sqrt(len(zz)))
     else:  # no per-image results: the bound sum |g_i| se_i holds whatever the correlation between the rows
         n = min(e.get("n_test") or 10_000 for u in used for e in u)
         se_test = sum(abs(gi) * binomial_se(a, n) for gi, a in zip(g, acc))
         notes.append("no per-image results to pair: unpaired bound")
-    se_seed = statistics.stdev(d) / math.sqrt(s_n) if s_n > 1 else 0.0
-    if s_n == 1:
-        notes.insert(0, ONE_SEED)
+    # The seed part. Rows are separate trainings, but transfers from one source share that source's training:
+    # the sd of sum g_i x_i is sd * sqrt(G), G the larger of sum g_i^2 (independent trainings) and the sum over
+    # sources of (sum of their g_i)^2 (a source's training moving all its transfers alike): whichever way a
+    # transfer's spread splits between its source and its own training, its variance lies between the two.
+    grp = {}
+    for gi, (ev, _, nm) in zip(g, nums):
+        key = ("src", ev[0]["src"]) if ev[0].get("role") == "transfer" else ("row", nm)
+        grp[key] = grp.get(key, 0.0) + gi
+    G = max(sum(gi * gi for gi in g), sum(v * v for v in grp.values()))
+    if spread is None and s_n > 1:  # the comparison's own seeds: the spread of the per-seed D (2 df with 3 seeds)
+        se_seed, df = statistics.stdev(d) / math.sqrt(s_n), s_n - 1
+    else:
+        sd, df, _ = spread or (SEED_SD, None, None)
+        se_seed = sd * math.sqrt(G / s_n)
+    # the seeds' spread also carries part of the image noise, counted twice here: it errs towards inconclusive
     est, se = statistics.mean(d), math.hypot(se_seed, se_test)
-    lo, hi = est - q * se, est + q * se
-    return Comparison(judge(lo, hi, margin, kind), statistics.mean(l for l, _ in per_seed),
-                      statistics.mean(r for _, r in per_seed), est, se, lo, hi, s_n, notes)
+    qh, qc = t_quantile(1 - alpha, df), t_quantile(1 - alpha / k, df)
+    notes = ([ONE_SEED] if s_n == 1 else []) + notes
+    return Comparison(judge(est, margin, kind, qh * se, qc * se), statistics.mean(l for l, _ in per_seed),
+                      statistics.mean(r for _, r in per_seed), est, se, est - qh * se, est + qh * se, s_n, notes,
+                      (qh + t_quantile(POWER, df)) * se)
 
 
-def compare(lhs, rhs, margin=0.0, kind="greater", alpha=ALPHA):
+def compare(lhs, rhs, margin=0.0, kind="greater", alpha=ALPHA, k=1, spread=None):
     """Is lhs - rhs > margin (kind "greater", one-sided), or |lhs - rhs| < margin (kind "equivalent", two one-sided
-    tests; "effect": above 0 and margin, the paper's effect, not excluded)? lhs and rhs: [(weight, evals, column)]
-    or [(weight, evals, column, the row's name)], evals one row's evaluations over its seeds (report.load's dicts, e.g.
-    group(evals)[0][("c10", "pgd")]), column one of COLS + EXTRA; each side is the weighted sum of the accuracies
-    (%). alpha is per side (0.025: a 95% interval); a caller testing k comparisons together passes ALPHA / k.
-    Returns a Comparison; a row missing or flagged (BLOCKS) makes it "not testable here"."""
+    tests)? lhs and rhs: [(weight, evals, column)] or [(weight, evals, column, the row's name)], evals one row's
+    evaluations over its seeds (report.load's dicts, e.g. group(evals)[0][("c10", "pgd")]), column one of COLS +
+    EXTRA; each side is the weighted sum of the accuracies (%). alpha is per side (0.025: a 95% interval); "holds"
+    is judged at alpha, "contradicted" at alpha / k when any one of k comparisons contradicts. spread: the seed
+    spread per model, (sd, df, how) as seed_spread gives it; None: the declared SEED_SD with one seed, the spread
+    of the per-seed D with several. Returns a Comparison; a row missing or flagged (BLOCKS) makes it "not testable
+    here"."""
     terms = [(w, *t[1:3], t[3] if len(t) > 3 else label(t[1][0]) if t[1] else "a row")
              for side, sign in ((lhs, 1), (rhs, -1)) for t in side for w in [sign * t[0]]]
-    k = len(lhs)
+    n = len(lhs)
 
     def sides(v):
-        return (sum(w * x for (w, *_), x in zip(terms[:k], v)), -sum(w * x for (w, *_), x in zip(terms[k:], v[k:])))
-    return _test([t[1:] for t in terms], sides, margin, kind, alpha)
-
+        return (sum(w * x for (w, *_), x in zip(terms[:n], v)), -sum(w * x for (w, *_), x in zip(terms[n:], v[n:])))
+    return _test([t[1:] for t in terms], sides, margin, kind, alpha, k=k, spread=spread)
 
 # ----------------------------------------------------------------------------------------------------------
-# The paper's claims as the paper states them (PROTOCOL.md, "The paper's claims"). Each comparison is
-# (text, kind, margin, lhs, rhs, shares): sides are [(weight, row, column)]; shares (claim 3 only) divides each side
-# by a baseline (row, column) and counts in % of it. Margins the paper does not give are our reading, stated with
-# the claim and fixed here, not tuned on any run.
+# The paper's claims as the paper states them (PROTOCOL.md, "The paper's claims"). Each is one hypothesis, stated
+# before any number, tested as one or more comparisons (Test). Margins the paper does not give come from a
+# measured or cited quantity, never from Table 1, and are fixed here, not tuned on any run.
 
-SIMILAR = 3.0  # points: our reading of "similar", "equally well" and "close to"
-SHARE = 20.0  # points of share: our reading of "proportionally the same"
+# "Similar", "almost complete", "close to": within what two trainings of one and the same model differ by, 95% of
+# the time, on the paper's 10,000 test images: 1.96 x sqrt(2 x SEED_SD^2 + 2 x (binomial se of 50% on 10,000)^2).
+# Anything closer the paper's own table (one training per model) could not tell apart.
+SIMILAR = round(t_quantile(0.975) * math.sqrt(2 * SEED_SD ** 2 + 2 * binomial_se(50, 10_000) ** 2), 1)
+# "Proportionally the same", "successful transfer": a ratio within 0.80-1.25, the bounds of equivalence testing in
+# bioequivalence (FDA 2001, "Statistical Approaches to Establishing Bioequivalence"); below 0.80 is "not the same".
+RATIO = 0.8
 
 
-def _mean3(key, col):
-    return [(1 / 3, key.format(u), col) for u in UNF]
+def _mean3(key, col, f=1.0):
+    return [(f / 3, key.format(u), col) for u in UNF]
+
+
+@dataclass
+class Test:
+    """One comparison: D = lhs - rhs against margin. Sides are [(weight, row, column)]; shares (claim 3): each
+    side divided by its baseline (row, column), in % of it; base: a (row, column) the comparison takes a fraction
+    of, which must be measurably above 0 (as a share's baseline)."""
+    text: str
+    kind: str
+    margin: float
+    lhs: list
+    rhs: list
+    shares: tuple = None
+    base: tuple = None
 
 
 @dataclass
@@ -554,83 +625,92 @@ class Claim:
     title: str
     quote: str
     where: str
-    reading: str
+    reading: str  # the hypothesis, as tested
     tests: list
+    effect: float = None  # claim 1: the paper's effect, reported beside the interval (not tested)
 
 
 CLAIMS = [
-    Claim("R_{pgd->pgd} 56 beats R_pgd against WB-PGD by the paper's +5.2 points (41.3 vs 36.1)",
+    Claim("R_{pgd->pgd} 56 beats R_pgd against WB-PGD (the paper: by +5.2 points, 41.3 vs 36.1)",
           "In fact, robust initialisation for R_{pgd→pgd} achieves 5.2% accuracy improvement against WB PGD attacks",
           "Sec. 3.2; Table 1: 41.3 vs 36.1",
-          "the effect R_{pgd->pgd} 56 − R_pgd on WB-PGD with its interval, beside the paper's +5.2: holds when the "
-          "interval lies above 0 and reaches +5.2, contradicted when it lies below +5.2 (smaller, or opposite)",
-          [("R_{pgd->pgd} 56 − R_pgd, WB-PGD", "effect", 5.2, [(1, "pgd-pgd-56", "wb_pgd")], [(1, "pgd", "wb_pgd")],
-            None)]),
+          "D = R_{pgd->pgd} 56 − R_pgd on WB-PGD > 0 (an improvement); the size of the effect is "
+          "reported beside it (its interval against the paper's +5.2), not tested: the paper gives no uncertainty "
+          "for its +5.2 from which a smaller effect could be called a contradiction",
+          [Test("R_{pgd->pgd} 56 − R_pgd, WB-PGD", "greater", 0, [(1, "pgd-pgd-56", "wb_pgd")],
+                [(1, "pgd", "wb_pgd")])], effect=5.2),
     Claim("PGD sources preserve more black-box robustness than FGSM sources under transfer",
           "Unlike the case in the absence of transfer, defence mechanisms developed using PGD are more likely to "
           "preserve the robustness of the learned features against BB attacks when used on the different task.",
           "Sec. 3.1",
           "natural target training, mean over the strategies 1, 12, 56: R_{pgd->nat} above R_{fgsm->nat} on "
-          "BB-FGSM and on BB-PGD (margin 0; the baselines R_pgd and R_fgsm are equal against BB in the paper, so "
-          "absolute accuracies compare the robustness preserved)",
-          [(f"mean R_{{pgd->nat}} − mean R_{{fgsm->nat}}, {HEAD[c]}", "greater", 0, _mean3("pgd-nat-{}", c),
-            _mean3("fgsm-nat-{}", c), None) for c in ("bb_fgsm", "bb_pgd")]),
+          "BB-FGSM and on BB-PGD (margin 0: a direction; the baselines R_pgd and R_fgsm are equal against BB in the "
+          "paper, so absolute accuracies compare the robustness preserved)",
+          [Test(f"mean R_{{pgd->nat}} − mean R_{{fgsm->nat}}, {HEAD[c]}", "greater", 0, _mean3("pgd-nat-{}", c),
+                _mean3("fgsm-nat-{}", c)) for c in ("bb_fgsm", "bb_pgd")]),
     Claim("PGD and FGSM sources transfer proportionally the same share of their white-box robustness",
           "However, both approaches seem to transfer proportionally the same amount of the achieved robustness "
           "against WB attacks.", "Sec. 3.1",
-          f"the share of the baseline's WB accuracy kept by natural target training, mean over 1, 12, 56: mean "
-          f"R_{{pgd->nat}} as % of R_pgd and mean R_{{fgsm->nat}} as % of R_fgsm, equal within ±{SHARE:g} points of "
-          f"share (our margin) on WB-FGSM and WB-PGD; not testable when a baseline's accuracy is not measurably "
-          f"above 0",
-          [(f"share of R_pgd − share of R_fgsm, {HEAD[c]}", "equivalent", SHARE, _mean3("pgd-nat-{}", c),
-            _mean3("fgsm-nat-{}", c), (("pgd", c), ("fgsm", c))) for c in ("wb_fgsm", "wb_pgd")]),
+          f"the share of the baseline's WB accuracy kept by natural target training, mean over 1, 12, 56 (mean "
+          f"R_{{pgd->nat}} as % of R_pgd, mean R_{{fgsm->nat}} as % of R_fgsm): their ratio within "
+          f"{RATIO:.2f}-{1 / RATIO:.2f} on WB-FGSM and on WB-PGD, as two one-sided tests each (share_pgd > "
+          f"{RATIO:.2f} share_fgsm and share_pgd < {1 / RATIO:.2f} share_fgsm); not testable when a baseline's "
+          "accuracy is not measurably above 0",
+          [t for c in ("wb_fgsm", "wb_pgd") for t in (
+              Test(f"share of R_pgd − {RATIO:.2f} × share of R_fgsm, {HEAD[c]}", "greater", 0,
+                   _mean3("pgd-nat-{}", c), _mean3("fgsm-nat-{}", c, RATIO), shares=(("pgd", c), ("fgsm", c))),
+              Test(f"{1 / RATIO:.2f} × share of R_fgsm − share of R_pgd, {HEAD[c]}", "greater", 0,
+                   _mean3("fgsm-nat-{}", c, 1 / RATIO), _mean3("pgd-nat-{}", c), shares=(("fgsm", c), ("pgd", c))))]),
     Claim("With natural target training, a PGD source unfrozen at 12 keeps nearly all its BB-PGD robustness; "
           "56 loses much of it",
           "Regardless, unfreezing the final block of ResNet56 resulted in an almost complete transfer of the "
           "defence against BB attacks.", "Sec. 3.1; the 56 part from Table 1: 31.9 vs 82.1",
-          "R_{pgd->nat} 12 no more than 2 points below R_pgd on BB-PGD (our reading of 'almost complete'), and "
-          "R_{pgd->nat} 56 more than 10 points below it",
-          [("R_{pgd->nat} 12 − R_pgd, BB-PGD", "greater", -2, [(1, "pgd-nat-12", "bb_pgd")], [(1, "pgd", "bb_pgd")],
-            None),
-           ("R_pgd − R_{pgd->nat} 56, BB-PGD", "greater", 10, [(1, "pgd", "bb_pgd")], [(1, "pgd-nat-56", "bb_pgd")],
-            None)]),
+          f"R_{{pgd->nat}} 12 no more than {SIMILAR:g} points below R_pgd on BB-PGD ('almost complete': within "
+          f"what two trainings of one model differ by), and R_{{pgd->nat}} 56 below {RATIO:.2f} × R_pgd (outside "
+          f"the band of 'the same')",
+          [Test("R_{pgd->nat} 12 − R_pgd, BB-PGD", "greater", -SIMILAR, [(1, "pgd-nat-12", "bb_pgd")],
+                [(1, "pgd", "bb_pgd")]),
+           Test(f"{RATIO:.2f} × R_pgd − R_{{pgd->nat}} 56, BB-PGD", "greater", 0, [(RATIO, "pgd", "bb_pgd")],
+                [(1, "pgd-nat-56", "bb_pgd")], base=("pgd", "bb_pgd"))]),
     Claim("A natural source is not made robust by adversarially training the last stage only (R_{nat->pgd} 12)",
           "Training R_{nat→pgd} by unfreezing the last block of layers only did not result in successful transfer, "
           "even though we used adversarially perturbed examples during training.", "Sec. 3.2",
-          "R_{nat->pgd} 12 reaches less than half of R_pgd's WB-PGD accuracy (our reading of 'not successful')",
-          [("R_pgd / 2 − R_{nat->pgd} 12, WB-PGD", "greater", 0, [(0.5, "pgd", "wb_pgd")],
-            [(1, "nat-pgd-12", "wb_pgd")], None)]),
+          f"R_{{nat->pgd}} 12 below {RATIO:.2f} × R_pgd's WB-PGD accuracy ('not successful': outside the band of "
+          f"'the same' as the baseline it would have to match); not testable when R_pgd's WB-PGD is not measurably "
+          f"above 0",
+          [Test(f"{RATIO:.2f} × R_pgd − R_{{nat->pgd}} 12, WB-PGD", "greater", 0, [(RATIO, "pgd", "wb_pgd")],
+                [(1, "nat-pgd-12", "wb_pgd")], base=("pgd", "wb_pgd"))]),
     Claim("FGSM in source and target (fgsm->fgsm) does worse against WB attacks than R_fgsm",
           "Finally, R_{adv→adv} seems to have a negative effect when using non-iterative methods.", "Sec. 3.2",
-          "R_{fgsm->fgsm} at each of 1, 12, 56 below R_fgsm on WB-FGSM and on WB-PGD",
-          [(f"R_fgsm − R_{{fgsm->fgsm}} {u}, {HEAD[c]}", "greater", 0, [(1, "fgsm", c)],
-            [(1, tkey("fgsm", "fgsm", u), c)], None) for u in UNF for c in ("wb_fgsm", "wb_pgd")]),
+          "R_{fgsm->fgsm} at each of 1, 12, 56 below R_fgsm on WB-FGSM and on WB-PGD (margin 0: a direction)",
+          [Test(f"R_fgsm − R_{{fgsm->fgsm}} {u}, {HEAD[c]}", "greater", 0, [(1, "fgsm", c)],
+                [(1, tkey("fgsm", "fgsm", u), c)]) for u in UNF for c in ("wb_fgsm", "wb_pgd")]),
     Claim("Without transfer, PGD and FGSM training are equally robust against BB attacks",
           "Using PGD or FGSM samples during training performed equally well against BB attacks.", "Sec. 3.1",
-          f"R_pgd and R_fgsm equal within ±{SIMILAR:g} points (our margin) on BB-FGSM and on BB-PGD",
-          [(f"R_pgd − R_fgsm, {HEAD[c]}", "equivalent", SIMILAR, [(1, "pgd", c)], [(1, "fgsm", c)], None)
+          f"R_pgd and R_fgsm equal within ±{SIMILAR:g} points on BB-FGSM and on BB-PGD (two one-sided tests each)",
+          [Test(f"R_pgd − R_fgsm, {HEAD[c]}", "equivalent", SIMILAR, [(1, "pgd", c)], [(1, "fgsm", c)])
            for c in ("bb_fgsm", "bb_pgd")]),
     Claim("Robust initialisation with PGD target training keeps black-box robustness similar to the baseline's",
           "[...] when combined with robust optimisation applied on the target network, it improved performance in "
           "the context of WB attacks while maintaining similar robustness as the baselines' against BB attacks.",
           "Sec. 3.2",
-          f"R_{{pgd->pgd}} 56 (the row of the +5.2) and R_pgd equal within ±{SIMILAR:g} points (our margin) on "
-          f"BB-FGSM and on BB-PGD",
-          [(f"R_{{pgd->pgd}} 56 − R_pgd, {HEAD[c]}", "equivalent", SIMILAR, [(1, "pgd-pgd-56", c)], [(1, "pgd", c)],
-            None) for c in ("bb_fgsm", "bb_pgd")]),
+          f"R_{{pgd->pgd}} 56 (the row of the +5.2) and R_pgd equal within ±{SIMILAR:g} points on BB-FGSM and on "
+          f"BB-PGD (two one-sided tests each)",
+          [Test(f"R_{{pgd->pgd}} 56 − R_pgd, {HEAD[c]}", "equivalent", SIMILAR, [(1, "pgd-pgd-56", c)],
+                [(1, "pgd", c)]) for c in ("bb_fgsm", "bb_pgd")]),
     Claim("Training the last stage only (12) comes close to the best result",
           "A combination of freezing low-level features and training the final block of ResNet56 provides a good "
           "trade off that is both close to the best achieved results while requiring a lot less training time.",
           "Sec. 4 (and Sec. 3.2: \"Unfreezing the final block of ResNet gets close to the baseline results\")",
-          f"R_{{pgd->pgd}} 12 and R_{{pgd->pgd}} 56 (Table 1's best WB-PGD) equal within ±{SIMILAR:g} points (our "
-          f"margin) on WB-PGD",
-          [("R_{pgd->pgd} 12 − R_{pgd->pgd} 56, WB-PGD", "equivalent", SIMILAR, [(1, "pgd-pgd-12", "wb_pgd")],
-            [(1, "pgd-pgd-56", "wb_pgd")], None)]),
+          f"one-sided, as 'close to the best' reads: R_{{pgd->pgd}} 12 no more than {SIMILAR:g} points below "
+          f"R_{{pgd->pgd}} 56 (Table 1's best WB-PGD) on WB-PGD (non-inferiority; above it is no failure)",
+          [Test("R_{pgd->pgd} 12 − R_{pgd->pgd} 56, WB-PGD", "greater", -SIMILAR, [(1, "pgd-pgd-12", "wb_pgd")],
+                [(1, "pgd-pgd-56", "wb_pgd")])]),
 ]
-CLAIMS_RULE = """\
+CLAIMS_RULE = f"""\
 **The rule.** Each comparison is a difference D = lhs − rhs in percentage points (for claim 3, of shares of a
 baseline's accuracy), tested against the claim's margin. Every model is evaluated on the same test images, so
-the comparison is paired image by image; with several seeds, the seeds' own spread is added.
+the comparison is paired image by image; the spread between trainings (seeds) is added to it.
 
 - *Seeds.* A comparison uses the seeds that every row it needs was run with; D is computed per seed and averaged.
 - *Test images.* D is the mean over the N images of a per-image score: for one row against another, +1 where
@@ -641,61 +721,86 @@ the comparison is paired image by image; with several seeds, the seeds' own spre
   of none). Evaluations without per-image results (written before evaluate.py recorded
   them) get instead Σ|weight| × the binomial standard error of each accuracy (Agresti–Coull), a bound that holds
   whatever the correlation between the rows and is never smaller than the paired value: noted in the table.
-- *Seeds' spread.* With S ≥ 2 seeds, the standard error of the mean of the per-seed D (their standard deviation /
-  √S) is added in quadrature to the test-image part (which counts part of the image noise twice: it errs towards
-  inconclusive), and the interval uses Student's t with S − 1 degrees of freedom. **With one seed there is no seed
-  part**: the variation between trainings, often a point or more of PGD accuracy, is not measured, the interval
-  uses the normal quantile, and the verdict says so ("1 seed: seed variation not measured").
-- *Interval.* D ± q × its standard error, q the quantile at 1 − 0.025 / k, k the claim's number of comparisons
-  (Bonferroni): a 95% two-sided interval when k = 1.
-- *Verdicts.* "D > m": **holds** when the interval lies above m, **contradicted** when it lies below m.
-  "|D| < m" (two one-sided tests): **holds** when the interval lies inside (−m, m), **contradicted** when it lies
-  wholly outside. Claim 1 (an effect size): **holds** when the interval lies above 0 and reaches the paper's +5.2,
-  **contradicted** when it lies below +5.2. Otherwise **inconclusive**: these seeds and test images cannot tell.
-  A claim holds when every comparison holds, is contradicted when any is, and is otherwise inconclusive. It is
-  **not testable here** when a row it needs is missing, when any seed of such a row carries a flag that voids the
-  column it needs (the sanity checks of report.md: a constant-class or chance-level model voids its whole row,
-  PGD-7 not converged its WB-PGD, gradient masking its white-box columns, a chance-level black-box source the
-  black-box ones; catastrophic overfitting is what the model is, and voids nothing), or when a share's baseline is
-  not measurably above 0.
-- *Error rate.* If the assumptions below hold, a claim is called "holds" when it is false, or "contradicted" when
-  it is true, with probability at most 2.5% each (all comparisons must hold: an intersection-union test; any one
-  contradicts: Bonferroni over k). Across the report's claims these add up: with 9 claims, up to 9 × 2.5% that
-  some verdict is wrong.
-- *Assumptions.* The test images are a random sample of the images the claim is about; N is large enough for the
+- *Seeds' spread.* Every model's accuracy moves from one training to the next by a spread σ per model. **With one
+  seed σ cannot be measured: it is declared**, {SEED_SD:g} point per model by default (`report.py --seed-sd`;
+  PROTOCOL.md says where it comes from), and the verdict says so ("{ONE_SEED}"). **With 2 or more seeds of any
+  row σ is measured**: the variance between seeds within each row, pooled over every CIFAR-10 row of the run in
+  that column (rows within {FLOOR:g} points of 0% or 100% left out: pressed against the bound, they do not
+  spread), with Student's t on the pooled degrees of freedom. D's seed part is σ × √(G / S) over S seeds, G = Σ
+  weight² for separate trainings (the larger of that and the sum over sources of (Σ of their weights)², since
+  transfers from one source share its training), added in quadrature to the test-image part.
+- *Interval and verdicts.* D ± q × its standard error. "D > m": **holds** when the 95% interval (q at 1 − 0.025)
+  lies above m, **contradicted** when the interval at 1 − 0.025 / k lies below m, k the claim's number of
+  comparisons (Bonferroni: any one of them contradicts the claim). "|D| < m" (two one-sided tests): **holds** when
+  the 95% interval lies inside (−m, m), **contradicted** when the interval at 1 − 0.025 / k lies wholly outside.
+  Otherwise **inconclusive**: these seeds and test images cannot tell; beside each comparison, the distance from
+  the margin a true D must have to be decided with 80% power (q + z₀.₈) × se says how far from decisive it was.
+- *A claim* is **not testable here** when a comparison is (a row it needs missing; any seed of such a row
+  carrying a flag that voids the column it needs: a constant-class or chance-level model its whole row, PGD-7 not
+  converged its WB-PGD, gradient masking its white-box columns, a black-box source at chance or whose examples do
+  not fool it the black-box ones; a baseline it takes a share or a fraction of not measurably above 0); else
+  **contradicted** when any comparison is; else **holds** when every one holds (an intersection-union test: no
+  correction needed); else **inconclusive**. The depth report combines its depths in the same order.
+- *Margins*, where the paper gives none, from a quantity measured or cited, never from Table 1: "similar",
+  "almost complete", "close to" = within **{SIMILAR:g} points**, what two trainings of one and the same model
+  differ by 95% of the time on the paper's 10,000 test images (1.96 × √(2 × {SEED_SD:g}² + 2 × 0.5²): σ = the
+  declared {SEED_SD:g} point, 0.5 the binomial standard error of 50% on 10,000 images), the closest the paper's
+  own one-training table could tell apart; "proportionally the same" and "successful transfer" = a ratio within
+  **{RATIO:.2f}–{1 / RATIO:.2f}**, the bounds of equivalence testing (FDA 2001, "Statistical Approaches to
+  Establishing Bioequivalence").
+- *Error rate: what it covers.* For every verdict of claims.md and depth.md, with one seed or several: a
+  comparison is called "holds" when false, or "contradicted" when true, with probability at most 2.5% each
+  (so at most 5% in all for a true D on the margin), and a claim likewise, provided the assumptions below hold,
+  in particular, **with one seed, that the true seed spread is at most the declared σ**. A larger true spread
+  makes one-seed verdicts wrong more often (`report.py --calibrate` prints how often). It does not cover the
+  paper's numbers' line, the heatmaps (not tested) or Figure 3's choice of rows. Across claims these add up
+  (9 × 2.5% that some verdict is wrong), and they are not independent: one unlucky R_pgd training moves claims
+  1, 3, 4, 5, 7 and 8 together.
+- *Assumptions.* The test images are a random sample of the images a claim is about; N is large enough for the
   mean per-image score to be near normal (true for thousands of images; on 50 the intervals are rough); seeds are
-  independent trainings whose per-seed D is near normal. A verdict is about the numbers measured under the
-  attacks run (WB-PGD is PGD-7 without restarts, as the paper's); it says nothing of a stronger attacker.
-- The paper's own numbers go through the same rule with no uncertainty, as a check of our reading of each claim.
+  independent trainings with a near-normal spread, alike across the rows of a column (the pool); the black-box
+  columns (claims 2, 4, 7, 8) rest on the examples of **one** DenseNet121 (`BB_SEED`), whose own training
+  spread is not in any interval: a verdict on them is about that source's examples. A verdict is about the
+  numbers measured under the attacks run (WB-PGD is PGD-7 without restarts, as the paper's); it says nothing of
+  a stronger attacker.
+- *The paper's own numbers* go through the rule twice: as read (exact, no uncertainty: does our reading of the
+  claim fit the paper's table?), and as evidence (the same rule on the paper's one training per model and 10,000
+  test images, unpaired, σ declared: would the paper's table itself decide the claim?).
 """
 
 
-def claim_verdict(claim, g):
-    """(verdict text, [Comparison]) of a claim on the run's rows g ({(table, row): evals})."""
+def claim_verdict(claim, g, seed_sd=SEED_SD):
+    """(verdict text, [Comparison]) of a claim on the run's rows g ({(table, row): evals}); seed_sd: the declared
+    seed spread per model, used where the run measures none."""
     k, out = len(claim.tests), []
-    for text, kind, margin, lhs, rhs, shares in claim.tests:
+    for t in claim.tests:
         def terms(side):
             return [(w, g.get(("c10", key), []), col, name(key)) for w, key, col in side]
-        if shares is None:
-            out.append(compare(terms(lhs), terms(rhs), margin, kind, ALPHA / k))
-            continue
-        nums = [t[1:] for t in terms(lhs) + terms(rhs) + terms([(1, *s) for s in shares])]
-        wl, wr = [w for w, *_ in lhs], [w for w, *_ in rhs]
+        extra = [(1, *s) for s in t.shares] if t.shares else [(1, *t.base)] if t.base else []
+        nums = [x[1:] for x in terms(t.lhs) + terms(t.rhs) + terms(extra)]
+        wl, wr = [w for w, *_ in t.lhs], [w for w, *_ in t.rhs]
 
-        def sides(v, wl=wl, wr=wr):  # each side as % of its baseline
-            a, b = v[:len(wl)], v[len(wl):len(wl) + len(wr)]
-            return (100 * sum(w * x for w, x in zip(wl, a)) / v[-2], 100 * sum(w * x for w, x in zip(wr, b)) / v[-1])
-        out.append(_test(nums, sides, margin, kind, ALPHA / k, dens=(len(nums) - 2, len(nums) - 1)))
-    untestable = [c.verdict for c in out if c.verdict.startswith("not testable")]
-    if untestable:
-        return "not testable here (" + "; ".join(dict.fromkeys(v[len("not testable here ("):-1]
-                                                               for v in untestable)) + ")", out
-    v = [c.verdict for c in out]
-    verdict = "holds" if all(x == "holds" for x in v) else "contradicted" if "contradicted" in v else "inconclusive"
-    kind, margin = claim.tests[0][1:3]
-    if kind == "effect":
-        verdict += f" ({effect_words(out[0].lo, out[0].hi, margin)})"
+        def sides(v, wl=wl, wr=wr, shares=t.shares):  # each side a weighted sum, or as % of its baseline
+            a = sum(w * x for w, x in zip(wl, v))
+            b = sum(w * x for w, x in zip(wr, v[len(wl):]))
+            return (100 * a / v[-2], 100 * b / v[-1]) if shares else (a, b)
+        spread = seed_spread(g, t.lhs[0][2], seed_sd)
+        out.append(_test(nums, sides, t.margin, t.kind, ALPHA, dens=range(len(nums) - len(extra), len(nums)), k=k,
+                         spread=spread))
+    verdict = combine([c.verdict for c in out])
+    if verdict == NOT_TESTABLE:
+        return NOT_TESTABLE + " (" + "; ".join(dict.fromkeys(
+            c.verdict[len(NOT_TESTABLE) + 2:-1] for c in out if c.verdict.startswith(NOT_TESTABLE))) + ")", out
+    if claim.effect is not None:
+        verdict += f" ({effect_words(out[0].lo, out[0].hi, claim.effect)})"
     return verdict + (f", {ONE_SEED}" if any(c.one_seed for c in out) else ""), out
+
+
+def effect_words(lo, hi, paper):
+    """Where the 95% interval of an effect lies against the paper's value: a description, not a verdict."""
+    p = f"the paper's {paper:+.1f}"
+    return (f"effect opposite to {p}" if hi < 0 else f"effect smaller than {p}" if hi < paper else
+            f"effect larger than {p}" if lo > paper else f"effect consistent with {p}")
 
 
 def paper_cell(key, col):
@@ -705,40 +810,58 @@ def paper_cell(key, col):
 
 def paper_value(test):
     """(lhs, rhs, D) of a comparison on the paper's Table 1 (no uncertainty), or None for rows it does not show."""
-    _, _, _, lhs, rhs, shares = test
-    vals = [[paper_cell(k, c) for _, k, c in side] for side in (lhs, rhs)]
+    vals = [[paper_cell(k, c) for _, k, c in side] for side in (test.lhs, test.rhs)]
     if any(v is None for side in vals for v in side):
         return None
-    sides = [sum(w * v for (w, *_), v in zip(side, vs)) for side, vs in zip((lhs, rhs), vals)]
-    if shares:
-        sides = [100 * s / paper_cell(*sh) for s, sh in zip(sides, shares)]
+    sides = [sum(w * v for (w, *_), v in zip(side, vs)) for side, vs in zip((test.lhs, test.rhs), vals)]
+    if test.shares:
+        sides = [100 * s / paper_cell(*sh) for s, sh in zip(sides, test.shares)]
     return sides[0], sides[1], round(sides[0] - sides[1], 6)  # rounded: 41.3 - 36.1 is +5.2, not 5.1999...
 
 
-def claims_md(g):
+def paper_run():
+    """The paper's Table 1 as a run: one training per row, 10,000 test images, no per-image results."""
+    g = {}
+    for k, v in PAPER.items():
+        s, t, _ = (k.split("-") + [None, None])[:3]
+        e = {"acc": dict(zip(COLS, v)), "seed": 0, "n_test": 10_000, "flags": [], "_table": "c10", "_key": k,
+             "role": "transfer" if t else "baseline", "src": s if t else None}
+        g[("c10", k)] = [e]
+    return g
+
+
+def claims_md(g, seed_sd=SEED_SD):
     """claims.md's text, and report.md's summary of it: [(claim number, title, verdict)]."""
     def pts(x):
         return f"{x:+.1f}"
-    text, summary = ["# The paper's claims, checked\n", CLAIMS_RULE], []
+    text, summary, paper_g = ["# The paper's claims, checked\n", CLAIMS_RULE], [], paper_run()
+    spreads = {HEAD[c]: seed_spread(g, c, seed_sd)[2] for c in COLS}
+    text.append("**This run's seed spread**, per column: " + ("; ".join(f"{c}: {v}" for c, v in spreads.items())
+                if len(set(spreads.values())) > 1 else f"{next(iter(spreads.values()))}, in every column") + ".\n")
     for i, claim in enumerate(CLAIMS, 1):
-        v, res = claim_verdict(claim, g)
+        v, res = claim_verdict(claim, g, seed_sd)
         summary.append((i, claim.title, v))
-        rows, pv = [], []
+        rows, exact = [], []
         for t, c in zip(claim.tests, res):
             p = paper_value(t)
-            pv.append(None if p is None else judge(p[2], p[2], t[2], t[1]))
-            rows.append([t[0], MISSING if p is None else f"{p[0]:.1f} vs {p[1]:.1f}: {pts(p[2])}",
+            exact.append(NOT_TESTABLE if p is None else judge(p[2], t.margin, t.kind))
+            rows.append([t.text, MISSING if p is None else f"{p[0]:.1f} vs {p[1]:.1f}: {pts(p[2])}",
                          MISSING if c.estimate is None else f"{c.lhs:.1f} vs {c.rhs:.1f}: {pts(c.estimate)} "
                          f"[{pts(c.lo)}, {pts(c.hi)}], se {c.se:.2f}", c.seeds or MISSING,
-                         "; ".join([c.verdict] + c.notes)])
-        pverdict = "holds" if all(x == "holds" for x in pv) else "contradicted" if "contradicted" in pv else \
-            "inconclusive"
+                         MISSING if c.mde is None else f"{c.mde:.1f}", "; ".join([c.verdict] + c.notes)])
+        pe = claim_verdict(claim, paper_g, seed_sd)[0].split(", " + ONE_SEED)[0]
         k = len(claim.tests)
         text += [f"## Claim {i}: {claim.title}\n", f"> \"{claim.quote}\" ({claim.where})\n",
-                 f"Tested: {claim.reading}. Intervals: {100 * (1 - 2 * ALPHA / k):.4g}% two-sided (k = {k} "
-                 f"comparison{'s' if k > 1 else ''}).\n",
-                 md_table(["comparison", "paper", "reproduced: lhs vs rhs: D [interval], se", "seeds", "verdict"],
-                          rows), f"**Verdict: {v}** (the paper's numbers: {pverdict})\n"]
+                 f"Hypothesis: {claim.reading}.\n",
+                 f"k = {k} comparison{'s' if k > 1 else ''}: holds on 95% intervals"
+                 + (f", contradicted on {100 * (1 - 2 * ALPHA / k):.4g}% ones.\n" if k > 1 else ".\n"),
+                 md_table(["comparison", "paper", "reproduced: lhs vs rhs: D [95% interval], se", "seeds",
+                           "80% power at (points from the margin)", "verdict"], rows),
+                 f"**Verdict: {v}**\n",
+                 f"The paper's own numbers: as read, **{combine(exact)}**; as evidence (one training per model, "
+                 f"10,000 images), **{pe}**."
+                 + (" The paper's own table fails this reading of its claim." if combine(exact) == "contradicted"
+                    else "") + "\n"]
     text.append("The heatmaps (Figures 2-5) are shown, not tested: fig2.png - fig5.png in report.md.\n")
     return "\n".join(text), summary
 
@@ -746,12 +869,14 @@ def claims_md(g):
 def claims_summary(summary):
     """report.md's line under the claims table: the count of each verdict, and how many rest on one seed."""
     n = {v: sum(s.startswith(v) for _, _, s in summary) for v in ("holds", "contradicted", "inconclusive",
-                                                                     "not testable here")}
+                                                                     NOT_TESTABLE)}
     one = sum(ONE_SEED in s for _, _, s in summary)
     return (f"{len(summary)} claims: {n['holds']} hold, {n['contradicted']} contradicted, {n['inconclusive']} "
-            f"inconclusive, {n['not testable here']} not testable here. "
-            + (f"**{one} of them rest on one seed** (seed variation not measured): `make SEEDS=\"0 1 2\" all` "
-               f"trains three and measures it." if one else "No verdict rests on one seed."))
+            f"inconclusive, {n[NOT_TESTABLE]} not testable here. "
+            + (f"**{one} of them rest on one seed**: their intervals take the declared seed spread, not a measured "
+               f"one (`make SEEDS=\"0 1 2\" all` trains three and measures it)." if one else
+               "No verdict rests on one seed."))
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Figures
@@ -923,10 +1048,11 @@ def training_curves(path, g, note=""):
     return True
 
 
-def heatmaps(get):
-    """{figure: (caption, [(panel title, blocks of rows)])}: white lines between blocks."""
+def heatmaps(get, voided=()):
+    """{figure: (caption, [(panel title, blocks of rows)])}: white lines between blocks. voided: rows whose WB-PGD
+    or clean number a flag voids, never picked as Figure 3's best."""
     def best(cands):  # Figure 3's rows: our rule (the paper states none), on test numbers: a display, no claim uses it
-        have = [k for k in cands if get(k, "wb_pgd")]
+        have = [k for k in cands if get(k, "wb_pgd") and k not in voided]
         return [max(have, key=lambda k: (get(k, "wb_pgd")[0], (get(k, "clean") or (0,))[0]))] if have else []
     table1 = []
     for k in TABLE1:  # each baseline alone, then each source/target triple
@@ -938,7 +1064,9 @@ def heatmaps(get):
                  [(None, [list(ADV)] + [[tkey(s, "nat", u) for s in ADV] for u in UNF])]),
         "fig3": ("Figure 3: per strategy, the transfer with FGSM and with PGD target training with the highest test "
                  "WB-PGD (ties: clean; our rule, chosen on the test set: a display, not evidence) against the "
-                 "baselines; cells: accuracy (%), not the paper's normalised values",
+                 "baselines; cells: accuracy (%), not the paper's normalised values"
+                 + (f"; rows whose WB-PGD or clean a flag voids are not candidates ({', '.join(map(name, voided))})"
+                    if voided else ""),
                  [("cells: accuracy (%); colour: normalised per column", [list(ADV), ["nat-nat-56"]] + [
                      sum((best([tkey(s, t, u) for s in ADV]) for t in ADV[1:]), []) for u in UNF])]),
         "fig4": ("Figure 4: the 24 rows of the paper's Table 1 (the 6 transfers it does not show, fgsm->pgd and "
@@ -995,7 +1123,7 @@ def terminal_table(get):
     return "\n".join(lines)
 
 
-def build(out, evals, run):
+def build(out, evals, run, seed_sd=SEED_SD):
     g, get = group(evals)
     checks, unchecked = sanity(evals)
     flags = {}
@@ -1007,7 +1135,7 @@ def build(out, evals, run):
     top = banner(deps)
     t1, rows = tables(g, flags, extra)
     t1 = t1.replace("\n\n", "\n\n" + top + "\n", 1) if top else t1  # the banner right under the title
-    claims, summary = claims_md(g)
+    claims, summary = claims_md(g, seed_sd)
     claims = claims.replace("\n\n", "\n\n" + top + "\n", 1) if top else claims  # read alone, it says so too
     keys = list(dict.fromkeys(SETTING[k] for k, _, _ in deps))
     note = (f"NOT THE PAPER'S PROTOCOL ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}): see report.md"
@@ -1018,8 +1146,9 @@ def build(out, evals, run):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    voided = [k for k in ROWS if any(blocking(e, c) for e in g.get(("c10", k), []) for c in ("clean", "wb_pgd"))]
     drawn = {f: (cap, figure(os.path.join(out, f + ".png"), panels, COLS + (extra if f == "fig4" else ()), get,
-                             cap.split(" (")[0], note)) for f, (cap, panels) in heatmaps(get).items()}
+                             cap.split(" (")[0], note)) for f, (cap, panels) in heatmaps(get, voided).items()}
     for t in (None,) + ADV:
         f, title = ("curves_baselines", "Baselines (no transfer)") if t is None else \
             (f"curves_tgt_{t}", f"Transfers with {t} target training, one panel per source (R_tgt in black)")
@@ -1036,17 +1165,20 @@ def build(out, evals, run):
             settings(evals), "## Results\n", t1.split("\n## What ran")[0].split("\n", 2)[2].replace(top, "")
             .replace("\n## ", "\n### "), "\n## What ran\n", t1.split("\n## What ran\n")[1].lstrip("\n"),
             "\n## The paper's claims\n", md_table(["claim", "statement", "verdict"], summary),
-            "\n" + claims_summary(summary) + " Each comparison is paired over the test images, adds the seeds' spread "
-            "when there are two or more, and calls a claim 'holds' when false, or 'contradicted' when true, with "
-            "probability at most 2.5% each under the assumptions stated; the rule, the paper's sentence and every "
-            "comparison: [claims.md](claims.md)." + (f" No per-image results (evaluated before they were recorded; "
+            "\n" + claims_summary(summary) + " Each comparison is paired over the test images and adds the spread "
+            "between trainings (declared with one seed, measured with several); a claim is called 'holds' when false, "
+            "or 'contradicted' when true, with probability at most 2.5% each under the assumptions stated, with one "
+            "seed only if the true spread is at most the declared one; the rule, its scope, each claim's hypothesis "
+            "and margin, and every comparison: [claims.md](claims.md)."
+            + (f" No per-image results (evaluated before they were recorded; "
             f"their comparisons use an unpaired bound): {', '.join(unpaired)}." if unpaired else "")
             + "\n\n## Figures\n",
             "Heatmaps as in the paper: each column min-max normalised over the rows shown (1 = best, 0 = worst), the "
             "raw accuracy (%) in each cell, white lines between row groups and between Clean | BB | WB"
             + (" | the stronger evaluation (Figure 4 only)" if extra else "") + f"; grey hatched {MISSING} = not run;"
             " several seeds: the mean. Figure 3's rows per strategy: the transfer with the highest test WB-PGD "
-            "(ties: clean) among those with FGSM target training and among those with PGD target training; the paper "
+            "(ties: clean) among those with FGSM target training and among those with PGD target training, a row "
+            "whose WB-PGD or clean number a flag voids never chosen; the paper "
             "does not state its rule (\"the best models per each of the 3 transfer learning strategies\", Sec. 3.2), "
             "so this one is ours, and since it picks on the test set Figure 3 is a display only: no claim uses its "
             "choice. The paper's Figure 3 prints the normalised values in its cells; ours print accuracies, as the "
@@ -1062,8 +1194,9 @@ def build(out, evals, run):
     text += ["- the stronger evaluation (WB-strong, Worst): not run"] if not extra else []
     text += ["\n## Sanity checks\n", f"The evaluations' flags, the eps scales, and {COLLAPSE_RULE}. A flag voids "
              "the columns it concerns for the claims (claims.md): a constant-class or chance-level model its whole "
-             "row, PGD-7 not converged its WB-PGD, gradient masking its white-box columns, a chance-level black-box "
-             "source or black-box above clean its black-box columns; catastrophic overfitting voids nothing. Each "
+             "row, PGD-7 not converged its WB-PGD, gradient masking its white-box columns, a black-box source at "
+             "chance or not fooled by its own examples, or black-box above clean, its black-box columns; catastrophic "
+             "overfitting voids nothing. Each "
              "flagged row:\n"]
     text += [f"- **{label(e)}** seed {e['seed']}: `{c}`: {d} ({os.path.relpath(e['_path'], run)})"
              for e, c, d in checks] or ["- no flags"]
@@ -1100,7 +1233,7 @@ DEPTH_PANELS = (("clean and black-box", ("clean", "bb_fgsm", "bb_pgd")), ("white
 READING = {"BB": ("bb_fgsm", "bb_pgd"), "WB": ("wb_fgsm", "wb_pgd")}
 SOURCE = {"nat": "naturally trained", "fgsm": "FGSM-trained", "pgd": "PGD-trained"}
 TARGET = {"nat": "natural", "fgsm": "FGSM", "pgd": "PGD"}
-DEPTH_MARGIN = 2.0  # points: claim 4's "nearly all" (R_{pgd->nat} 12 keeps BB-PGD within 2 points of R_pgd)
+DEPTH_MARGIN = SIMILAR  # points: claim 4's "almost complete" (R_{pgd->nat} 12 keeps BB-PGD within it of R_pgd)
 
 
 def is_depth(u):
@@ -1122,19 +1255,21 @@ def depth_order(e):  # a transfer that is no row of Table 1: after them, by sour
 
 # ---- The statistical rule of the depth verdicts: the claims check's compare() -------------------------------
 COMPARE_RULE = (
-    "Rule: the claims check's (claims.md, \"The rule\"): D = transfer − R_src, paired over the test images (and with "
-    "several seeds, their own spread of D added, Student's t); its interval D ± q se, q Bonferroni-corrected over "
-    "the depths of the curve, so that the group verdict has the claims' error rate (at most 2.5% each way). "
-    "'transfer > R_src − M' **holds** when the interval lies above −M, is **contradicted** when it lies below "
-    "−M, "
-    "and is **inconclusive** otherwise; a flagged or missing number makes it **not testable here**.")
+    "Rule: the claims check's (claims.md, \"The rule\"): D = transfer − R_src, paired over the test images, with the "
+    "seed spread per model added (declared with one seed, measured and pooled over the run's rows with several; "
+    "R_src's training is shared by every depth, and counts in each). 'transfer > R_src − M' **holds** when the 95% "
+    "interval lies above −M, is **contradicted** when the interval Bonferroni-widened over the depths of the curve "
+    "lies below −M (any one depth contradicts a group), and is **inconclusive** otherwise; a flagged or missing "
+    "number makes it **not testable here**. A group of depths holds when every depth holds, so that its verdicts "
+    "have the claims' error rate (at most 2.5% each way, under the claims' assumptions).")
 
 
-def depth_compare(es, ref, col, margin, k):
-    """'transfer > R_src - margin' on one column, one of k depths: (D, half-width of its interval, verdict)."""
-    c = compare([(1, es, col)], [(1, ref, col)], -margin, "greater", ALPHA / max(k, 1))
+def depth_compare(es, ref, col, margin, k, spread=None):
+    """'transfer > R_src - margin' on one column, one of k depths: (D, half-width of its 95% interval, verdict).
+    "contradicted" is judged at ALPHA / k, "holds" at ALPHA (a group holds only when every depth does)."""
+    c = compare([(1, es, col)], [(1, ref, col)], -margin, "greater", ALPHA, k=max(k, 1), spread=spread)
     if c.estimate is None:
-        return None, None, "not testable here"
+        return None, None, NOT_TESTABLE
     return c.estimate, c.hi - c.estimate, c.verdict
 
 
@@ -1150,11 +1285,12 @@ def sweep(g, s, t, asked):
 
 
 def falls_from(cells):
-    """The shallowest depth from which every deeper depth is contradicted (those not evaluated aside), or None:
-    cells [(depth, verdict)] shallow to deep."""
+    """The shallowest depth from which every deeper depth that could be tested is contradicted, or None: cells
+    [(depth, verdict)] shallow to deep. A depth not testable (not evaluated, or flagged) neither breaks nor
+    extends the fall; the text names it."""
     out = None
     for u, v in reversed(cells):
-        if v == "not testable here":
+        if v == NOT_TESTABLE:
             continue
         if v != "contradicted":
             break
@@ -1162,17 +1298,7 @@ def falls_from(cells):
     return out
 
 
-def combine(verdicts):
-    """Several comparisons as the claims check combines them: contradicted if any is, holds if all hold, else
-    inconclusive; 'not testable here' when none is or one misses a number, unless another already contradicts."""
-    if "contradicted" in verdicts:
-        return "contradicted"
-    if not verdicts or "not testable here" in verdicts:
-        return "not testable here"
-    return "holds" if set(verdicts) == {"holds"} else "inconclusive"
-
-
-def reading(g, s, t, nb, rows, margin):
+def reading(g, s, t, nb, rows, margin, seed_sd=SEED_SD):
     """The paper's reading on one curve, as markdown lines."""
     ref, last = g.get(("c10", s), []), nb // 3
     stage = [u for u, _ in rows if 1 <= common.depth_k(u, nb) <= last]  # b1 .. 12: the lower stages frozen
@@ -1180,19 +1306,24 @@ def reading(g, s, t, nb, rows, margin):
     for grp, cols in READING.items():
         held, paper, per_col = [], [], []
         for col in cols:
-            res = [(u, *depth_compare(es, ref, col, margin, len(rows))) for u, es in rows]
+            spread = seed_spread(g, col, seed_sd)
+            res = [(u, *depth_compare(es, ref, col, margin, len(rows), spread)) for u, es in rows]
             table.append([HEAD[col]] + [MISSING if d is None else f"{d:+.1f} ± {uu:.1f} {v}" for _, d, uu, v in res])
             held += [v for u, _, _, v in res if u in stage]
-            paper += [judge(d, d, -margin, "greater") for u in stage if tkey(s, t, u) in PAPER  # no uncertainty
+            paper += [judge(d, -margin, "greater") for u in stage if tkey(s, t, u) in PAPER  # no uncertainty
                       for d in [paper_cell(tkey(s, t, u), col) - paper_cell(s, col)]]
             at = {v: ", ".join(str(u) for u, _, _, w in res if w == v) or "none" for v in ("holds", "inconclusive")}
             f = falls_from([(u, v) for u, _, _, v in res])
-            tested = [(u, v) for u, _, _, v in res if v != "not testable here"]
+            tested = [(u, v) for u, _, _, v in res if v != NOT_TESTABLE]
+            skipped = [str(u) for u, _, _, v in res if v == NOT_TESTABLE and f is not None
+                       and common.depth_k(u, nb) > common.depth_k(f, nb)]
             per_col.append(f"  - {HEAD[col]}: holds at {at['holds']}; inconclusive at {at['inconclusive']}; " + (
-                f"falls from {f}: contradicted there and at every deeper depth evaluated" if f is not None else
+                f"falls from {f}: contradicted there and at every deeper depth that could be tested"
+                + (f" (not testable, so not counted: {', '.join(skipped)})" if skipped else "") if f is not None else
                 f"does not fall within the depths evaluated (the deepest, {tested[-1][0]}: {tested[-1][1]})"
                 if tested else "nothing to compare (a depth or R_src not evaluated)"))
-        at12 = [depth_compare(dict(rows).get(12, []), ref, col, margin, len(rows))[2] for col in cols]
+        at12 = [depth_compare(dict(rows).get(12, []), ref, col, margin, len(rows), seed_spread(g, col, seed_sd))[2]
+                for col in cols]
         lines += [f"- **{grp}** ({' and '.join(HEAD[x] for x in cols)}) within {margin:g} points of R_{s} at every "
                   f"depth up to the last stage ({', '.join(map(str, stage)) or 'none of b1 to 12 swept'}): "
                   f"**{combine(held)}**. At the last stage itself (12): {combine(at12)}"
@@ -1209,9 +1340,9 @@ def reading(g, s, t, nb, rows, margin):
              f"'transfer > R_{s} - {margin:g}'. "
              + (f"**{ONE_SEED}**: a row or R_{s} was run with one seed. " if any(len(es) == 1 for _, es in rows)
                 or len(ref) == 1 else "") +
-             "A group's verdict over several depths combines them as the claims do: it holds when all hold, is "
-             "contradicted when any is, and is inconclusive otherwise (not testable when a depth or R_src was not "
-             "evaluated, unless another depth already contradicts it).\n",
+             "A group's verdict over several depths combines them in the claims' one order: not testable here when "
+             "any depth is (not evaluated, or flagged), else contradicted when any is, else holds when all hold, "
+             "else inconclusive.\n",
              md_table(["column"] + [f"{u} (K {common.depth_k(u, nb)})" for u, _ in rows], table)] + lines)
 
 
@@ -1295,7 +1426,7 @@ def depth_figure(path, curves_, margin, note=""):
     plt.close(fig)
 
 
-def pair_md(g, s, t, nb, rows, refs, margin):
+def pair_md(g, s, t, nb, rows, refs, margin, seed_sd=SEED_SD):
     """depth.md's section of one source x target: every depth's row, the models without transfer, the reading."""
     params = {u: n for u, _, _, n in common.depth_table(next(e["arch"] for _, es in rows for e in es))}
     depth_rows = [[f"`{u}`", common.depth_k(u, nb), common.describe_unfreeze(u),
@@ -1303,11 +1434,15 @@ def pair_md(g, s, t, nb, rows, refs, margin):
                   + [fmt(stat(es, x), paper_cell(tkey(s, t, u), x), len(es)) for x in DEPTH_COLS] for u, es in rows]
     ref_rows = [[nm, len(es)] + [fmt(stat(es, x), paper_cell(nm[2:], x) if nm.startswith("R_") else None, len(es))
                                  for x in DEPTH_COLS] for nm, es in refs.items()]
+    flagged = [f"{nm} seed {e['seed']}: `{f['check']}`" for nm, es in list(refs.items()) + [(f"depth {u}", es)
+               for u, es in rows] for e in es for f in e["flags"]]
     return [f"## R_{{{s}->{t}}}: the {SOURCE[s]} source, {TARGET[t]} training on CIFAR-10\n",
             md_table(["depth", "K", "trains", "parameters", "n"] + [HEAD[x] for x in DEPTH_COLS], depth_rows),
             "\nWithout transfer: the CIFAR-10 baselines, and the source on its own CIFAR-100 test set.\n",
-            md_table(["model", "n"] + [HEAD[x] for x in DEPTH_COLS], ref_rows), ""] \
-        + reading(g, s, t, nb, rows, margin) + [""]
+            md_table(["model", "n"] + [HEAD[x] for x in DEPTH_COLS], ref_rows),
+            ("**Flagged** (a flag voids the columns it concerns, report.md's sanity checks say why): "
+             + "; ".join(flagged) if flagged else "No flags on these models, the source and R_src included.") + "\n"] \
+        + reading(g, s, t, nb, rows, margin, seed_sd) + [""]
 
 
 def depth_report(a):
@@ -1331,7 +1466,7 @@ def depth_report(a):
                 refs[f"source {s} on CIFAR-100"] = g[("src", s)]
             curves_.append(dict(src=s, tgt=t, nb=nb, rows=rows, refs=refs))
             used += [e for _, es in rows for e in es] + [e for es in refs.values() for e in es]
-            text += pair_md(g, s, t, nb, rows, refs, a.margin)
+            text += pair_md(g, s, t, nb, rows, refs, a.margin, a.seed_sd)
     used = list({id(e): e for e in used}.values())  # a baseline serves every pair
     if not curves_:
         raise UsageError(f"no evaluated transfer of {', '.join(empty) or 'any source x target'} under {a.run}; run "
@@ -1371,13 +1506,91 @@ def add_depth_args(p):
                    "kept (with --depth; claim 4's 2)")
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Calibration (report.py --calibrate): how often the rule above is wrong, and how often it decides, on simulated
+# runs whose truth is known. Per-image results are drawn for two models on the same N images: image j is right
+# for a model when RHO * z_j + sqrt(1 - RHO^2) * e_j lies below the model's threshold, z_j a difficulty shared by
+# every model and seed, e_j the model's own; each training (model x seed) shifts the model's accuracy by a normal
+# spread of sd_true points. The rows go through compare() itself, with the run's seed_spread: with several seeds,
+# CAL_ROWS more rows of the same spread stand for the rest of the run in the pool.
+
+RHO = 0.8  # two models at 40% then disagree on about a quarter of the images
+CAL_ACC = 40.0  # points: the rhs model's accuracy (WB-PGD-like); lhs = rhs + the true D
+CAL_ROWS = 10
+CAL_CASES = (  # (name, the true D, margin, kind, k: the claim's comparisons, what each verdict counted means)
+    ("D > 0, true D = 0 (on the margin)", 0.0, 0.0, "greater", 1, {"holds": "wrong", "contradicted": "wrong"}),
+    (f"|D| < {SIMILAR:g}, true D = {SIMILAR:g} (on the margin)", SIMILAR, SIMILAR, "equivalent", 2,
+     {"holds": "wrong"}),
+    (f"|D| < {SIMILAR:g}, true D = 0", 0.0, SIMILAR, "equivalent", 2, {"holds": "power", "contradicted": "wrong"}),
+    ("claim 1, D > 0, true D = 2.6 (half the paper's)", 2.6, 0.0, "greater", 1,
+     {"holds": "power", "contradicted": "wrong"}),
+)
+
+
+def calibrate(runs, seeds, n, sd_true, seed_sd=SEED_SD, rng_seed=0, block=50):
+    """{case name: {verdict: fraction of the runs}} for CAL_CASES, all on the same simulated noise."""
+    rng = np.random.default_rng(rng_seed)
+    inv = np.vectorize(statistics.NormalDist().inv_cdf)
+    counts = {c[0]: {} for c in CAL_CASES}
+    for start in range(0, runs, block):
+        r = min(block, runs - start)
+        lat = RHO * rng.standard_normal((r, 1, 1, n), np.float32) \
+            + math.sqrt(1 - RHO ** 2) * rng.standard_normal((r, seeds, 2, n), np.float32)
+        shift = rng.normal(0, sd_true, (r, seeds, 2))
+        others = CAL_ACC + rng.normal(0, sd_true, (r, CAL_ROWS, seeds))  # the pool's other rows: accuracies only
+        for name_, truth, margin, kind, k, _ in CAL_CASES:
+            p = np.clip(np.array([CAL_ACC + truth, CAL_ACC]) + shift, 0.01, 99.99) / 100
+            right = lat < inv(p)[..., None].astype(np.float32)  # (runs, seeds, 2 models, n images)
+            for i in range(r):
+                ev = [[{"acc": {"wb_pgd": 100 * b.mean()}, "_bits": {"wb_pgd": b}, "per_image": {"n": n}, "n_test": n,
+                        "seed": s, "flags": []} for s, b in enumerate(right[i, :, m])] for m in (0, 1)]
+                g = {("c10", "lhs"): ev[0], ("c10", "rhs"): ev[1]}
+                g.update({("c10", j): [{"acc": {"wb_pgd": a}, "seed": s, "flags": []} for s, a in enumerate(row)]
+                          for j, row in enumerate(others[i])})
+                v = compare([(1, ev[0], "wb_pgd", "lhs")], [(1, ev[1], "wb_pgd", "rhs")], margin, kind, ALPHA, k,
+                            seed_spread(g, "wb_pgd", seed_sd)).verdict
+                counts[name_][v] = counts[name_].get(v, 0) + 1
+    return {c: {v: x / runs for v, x in vs.items()} for c, vs in counts.items()}
+
+
+def calibration_table(runs, seed_sd=SEED_SD):
+    """The false-verdict and power table of the rule, as report.py --calibrate prints it."""
+    lines = [f"Calibration of report.compare: {runs} simulated runs per line; declared seed spread {seed_sd:g} point "
+             f"per model (--seed-sd); two models around {CAL_ACC:g}% on N images (image correlation {RHO:g}); with 3 "
+             f"seeds the spread is pooled over the pair and {CAL_ROWS} more rows ({2 * (CAL_ROWS + 2)} df). "
+             "Percent of runs with each verdict:"]
+    lines += [f"  [{i}] {case[0]}, k = {case[4]}: " + "; ".join(f"{v} is {m}" for v, m in case[5].items())
+              for i, case in enumerate(CAL_CASES, 1)]
+    lines.append("seeds  images  true sd | " + " | ".join(f"[{i}] " + " ".join(
+        {"holds": "holds", "contradicted": "contra"}[v] for v in case[5]) for i, case in enumerate(CAL_CASES, 1)))
+    for seeds in (1, 3):
+        for n in (1_000, 10_000):
+            for sd in (0.5, 1.0, 2.0):
+                r = calibrate(runs, seeds, n, sd, seed_sd)
+                lines.append(f"{seeds:5d}  {n:6,d}  {sd:7.1f} | " + " | ".join(
+                    "    " + " ".join(f"{100 * r[case[0]].get(v, 0):5.1f}" for v in case[5]) for case in CAL_CASES))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run directory; every *.eval.json below it is read")
+    p.add_argument("--run", help="run directory; every *.eval.json below it is read")
     p.add_argument("--out", help="report directory (default RUN/report); its report files are replaced, each "
                    "atomically, once the new report is complete; other files in it are left alone")
+    p.add_argument("--seed-sd", type=float, default=SEED_SD, help="points: the spread of one model's accuracy "
+                   "between trainings that one-seed verdicts assume (PROTOCOL.md; a run with 2 or more seeds of a "
+                   "row measures it instead)")
+    p.add_argument("--calibrate", action="store_true", help="print how often the rule's verdicts are wrong or "
+                   "decisive on simulated runs of 1 and 3 seeds on 1,000 and 10,000 images, and exit")
+    p.add_argument("--runs", type=int, default=2000, help="simulated runs per line (with --calibrate)")
     add_depth_args(p)
     a = p.parse_args(argv)
+    if not (a.seed_sd >= 0 and math.isfinite(a.seed_sd)) or a.runs < 1:
+        raise UsageError(f"--seed-sd must be a non-negative number of points (got {a.seed_sd:g}) and --runs positive")
+    if a.calibrate:
+        return print(calibration_table(a.runs, a.seed_sd))
+    if not a.run:
+        raise UsageError("give --run RUN (the folder of the evaluations), or --calibrate")
     if a.depth:
         return depth_report(a)
     evals = load(a.run)
@@ -1390,7 +1603,7 @@ def main(argv=None):
     with output_lock(out):  # a second report.py on the same --out fails at once instead of interleaving
         tmp = tempfile.mkdtemp(prefix=".report-", dir=os.path.dirname(out))
         try:  # built whole first: a failure leaves the old report as it was
-            get, top = build(tmp, evals, a.run)
+            get, top = build(tmp, evals, a.run, a.seed_sd)
             os.makedirs(out, exist_ok=True)
             for f in own_files(out) - set(os.listdir(tmp)):  # an earlier report's figure that is not drawn now
                 os.remove(os.path.join(out, f))

@@ -6,6 +6,7 @@ The sweep end to end on synthetic data is part of `make smoke` (tests/test_smoke
     .venv/bin/python -m pytest tests/test_depth.py
 """
 import json
+import math
 import os
 import re
 import subprocess
@@ -235,13 +236,28 @@ def test_depth_report_rows_figure_and_reading(tmp_path):
     assert "the paper's Table 1 there: holds" in bb
     assert "  - BB-PGD: holds at b3, 12; inconclusive at none; falls from b18" in md
     wb = next(line for line in md.splitlines() if line.startswith("- **WB**"))
-    assert "**contradicted**" in wb and "the paper's Table 1 there: contradicted" in wb
+    # b6 not run: the group is not testable (the one precedence: not testable before contradicted); at 12 itself
+    # WB robustness is lost, and so it is in the paper's own numbers
+    assert "(b3, b6, 12): **not testable here**" in wb and "At the last stage itself (12): contradicted" in wb
+    assert "the paper's Table 1 there: contradicted" in wb
     assert "  - WB-PGD: holds at none; inconclusive at none; falls from 1" in md
     assert "| R_pgd | 1 | 84.0 (83.9, +0.1)" in md and "| source pgd on CIFAR-100 | 1 | 55.0 |" in md
     # without b6 asked, the depths up to the last stage all hold
     report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat"])
     md = (out / "depth.md").read_text()
     assert "up to the last stage (b3, 12): **holds**" in md and "`b6`" not in md
+    assert "up to the last stage (b3, 12): **contradicted**" in md  # WB
+    assert "No flags on these models, the source and R_src included." in md
+    # a flagged R_src is named in depth.md, and the depths it voids are not testable, so the fall skips them
+    p = tmp_path / "baseline" / "pgd_s0.eval.json"
+    e = json.loads(p.read_text())
+    p.write_text(json.dumps({**e, "flags": [{"check": "pgd-not-converged", "detail": "x"}]}))
+    report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat"])
+    md = (out / "depth.md").read_text()
+    assert "**Flagged** (a flag voids the columns it concerns" in md and "R_pgd seed 0: `pgd-not-converged`" in md
+    assert "  - WB-PGD: holds at none; inconclusive at none; does not fall" not in md  # WB-PGD: nothing to compare
+    assert "  - WB-PGD: holds at none; inconclusive at none; nothing to compare" in md
+    p.write_text(json.dumps(e))
     # the main report reads a run holding depth-sweep transfers: Table 1 rows as before
     report.main(["--run", str(tmp_path)])
     assert "R_{pgd->nat} 12" in (tmp_path / "report" / "table1.md").read_text()
@@ -262,19 +278,24 @@ def test_depth_report_with_seeds_and_bad_input(tmp_path, capsys):
 
 
 def test_depth_verdicts_are_the_claims_rule():
-    """depth_compare ('transfer > R_src - margin') is report.compare, the claims' paired test, at the claims' error
-    rate spread over the k depths of the curve (Bonferroni): its interval widens with k."""
+    """depth_compare ('transfer > R_src - margin') is report.compare, the claims' paired test with the declared
+    seed spread (1 point for each model, R_src's training shared by every depth), at the claims' error rate: a
+    group of depths holds only when all hold (no correction), and is contradicted when any one is, so that side
+    is Bonferroni-corrected over the k depths of the curve."""
     def es(v, n=10_000, flags=()):
         return [{"acc": {"bb_pgd": v}, "n_test": n, "seed": 0, "flags": [{"check": f} for f in flags], "_table": "c10",
                  "_key": "pgd"}]
-    se = c.binomial_se(83, 10_000) + c.binomial_se(82, 10_000)  # no per-image bits here: the unpaired bound
-    d, half, v = report.depth_compare(es(83), es(82), "bb_pgd", 2, 1)
-    assert (d, v) == (pytest.approx(1), "holds") and half == pytest.approx(report.t_quantile(0.975) * se)
-    d6, half6, _ = report.depth_compare(es(83), es(82), "bb_pgd", 2, 6)
-    assert half6 == pytest.approx(report.t_quantile(1 - 0.025 / 6) * se) and half6 > half
-    c1 = report.compare([(1, es(83), "bb_pgd")], [(1, es(82), "bb_pgd")], -2, "greater", report.ALPHA / 6)
+    # no per-image bits here: the unpaired bound, and the declared spread of each of the two models
+    se = math.hypot(c.binomial_se(84, 10_000) + c.binomial_se(82, 10_000), math.sqrt(2) * report.SEED_SD)
+    d, half, v = report.depth_compare(es(84), es(82), "bb_pgd", 2, 1)
+    assert (d, v) == (pytest.approx(2), "holds") and half == pytest.approx(report.t_quantile(0.975) * se)
+    d6, half6, v6 = report.depth_compare(es(84), es(82), "bb_pgd", 2, 6)
+    assert (half6, v6) == (half, "holds")  # holding at every depth needs no correction
+    c1 = report.compare([(1, es(84), "bb_pgd")], [(1, es(82), "bb_pgd")], -2, "greater", report.ALPHA, k=6)
     assert (c1.estimate, c1.hi - c1.estimate, c1.verdict) == (d6, half6, "holds")
-    assert report.depth_compare(es(70), es(82), "bb_pgd", 2, 1)[2] == "contradicted"
+    # 5.5 points below R_src, 3.5 beyond the margin: contradicted alone, not as one of 6 depths (t 2.64, not 1.96)
+    assert report.depth_compare(es(76.5), es(82), "bb_pgd", 2, 1)[2] == "contradicted"
+    assert report.depth_compare(es(76.5), es(82), "bb_pgd", 2, 6)[2] == "inconclusive"
     assert report.depth_compare(es(80.5, 200), es(82, 200), "bb_pgd", 2, 1)[2] == "inconclusive"  # 200 images
     assert report.depth_compare([], es(82), "bb_pgd", 2, 1) == (None, None, "not testable here")
     assert report.depth_compare(es(83, flags=("constant-class",)), es(82), "bb_pgd", 2, 1)[2] == "not testable here"
@@ -286,4 +307,5 @@ def test_where_robustness_falls_and_how_depths_combine():
     assert report.falls_from([(1, x), ("b3", x), (56, x)]) == 1
     assert report.falls_from([(1, x), ("b3", x), ("b6", n), (56, x)]) == 1  # a depth not evaluated is no break
     assert report.falls_from([(1, x), (12, h), (56, i)]) is None
-    assert [report.combine(v) for v in ([h, h], [h, i], [h, x, n], [h, n], [])] == [h, i, x, n, n]
+    # one precedence everywhere, the claims' too: not testable, contradicted, holds, inconclusive
+    assert [report.combine(v) for v in ([h, h], [h, i], [h, x, n], [h, n], [], [i, x])] == [h, i, n, n, n, x]

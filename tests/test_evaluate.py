@@ -42,7 +42,7 @@ PLAIN_ACC = {"clean": 90.0, "wb_fgsm": 40.0, "wb_pgd": 30.0, "wb_strong": 28.0, 
 PLAIN_CURVE = {"eps_256": list(evaluate.CURVE_EPS), "acc": [90.0, 80.0, 65.0, 45.0, 30.0, 10.0, 0.0]}
 
 BROKEN = {  # name: (changes to acc, changes to the curve by index); each trips that check and nothing else
-    "eps0-not-clean": ({}, {0: 90.1}),  # no tolerance here: eps 0 is the clean input, bit for bit
+    "eps0-not-clean": ({}, {0: 90.1}),  # eager, no tolerance: eps 0 is the clean input, bit for bit
     "rises-with-eps": ({}, {3: 66.5}),  # 45 -> 66.5 at eps 4, above eps 2's 65 by more than 1 point
     "not-zero-at-max-eps": ({}, {5: 20.0, 6: 6.5}),
     "pgd-above-fgsm": ({"wb_pgd": 41.5, "wb_strong": 40.0, "bb_pgd": 50.0}, {}),
@@ -162,7 +162,8 @@ def test_broken_rows_are_flagged():
     """A model that learnt nothing cannot decide anything: one class taking more than 90% of the clean predictions,
     or clean accuracy within two standard errors of chance (10% on 10 classes: 10.6% on 10,000 images, 19.1% on 50)
     flag the row; so does a black-box source at chance (the smoke's DenseNet at 8% of 50 images)."""
-    quiet = dict(n=10_000, classes=10, pred_counts=[1000] * 10, bb_source=(93.0, 10_000))
+    quiet = dict(n=10_000, classes=10, pred_counts=[1000] * 10,
+                 bb_source={"clean": 93.0, "fgsm": 20.0, "pgd": 1.0, "n": 10_000})
     assert evaluate.sanity_flags(PLAIN_ACC, PLAIN_CURVE, **quiet) == []
     constant = [0, 0, 0, 9_500, 100, 100, 100, 100, 50, 50]  # class 3 takes 95%
     flags = evaluate.sanity_flags(PLAIN_ACC, PLAIN_CURVE, **{**quiet, "pred_counts": constant})
@@ -175,20 +176,72 @@ def test_broken_rows_are_flagged():
     low = {"clean": 1.1, "wb_fgsm": 0.0, "wb_pgd": 0.0}  # 100 classes: chance 1%, two standard errors 0.2 points
     assert "chance-level" in checks(evaluate.sanity_flags(low, n=10_000, classes=100))
     assert "chance-level" not in checks(evaluate.sanity_flags({**low, "clean": 1.5}, n=10_000, classes=100))
-    flags = evaluate.sanity_flags(PLAIN_ACC, **{**quiet, "bb_source": (8.0, 50)})
+    flags = evaluate.sanity_flags(PLAIN_ACC, **{**quiet, "bb_source": {"clean": 8.0, "fgsm": 8.0, "pgd": 8.0,
+                                                                        "n": 50}})
     assert checks(flags) == ["bb-source-at-chance"] and "8.0% clean on 50 images" in flags[0]["detail"]
+    # a source that learnt something but is not fooled by its own examples: they are no attack (within the
+    # noise of its clean accuracy, two standard errors: 0.5 points at 93% on 10,000 images, 1 point at least)
+    for fgsm, pgd, flagged in ((92.5, 1.0, True), (20.0, 92.1, True), (91.9, 91.9, False)):
+        flags = evaluate.sanity_flags(PLAIN_ACC, **{**quiet, "bb_source": {"clean": 93.0, "fgsm": fgsm, "pgd": pgd,
+                                                                            "n": 10_000}})
+        assert (checks(flags) == ["bb-source-at-chance"]) == flagged, (fgsm, pgd, flags)
+        assert not flagged or "they do not attack it" in flags[0]["detail"]
 
 
-def test_pgd_not_converged_needs_two_points_or_two_standard_errors():
+def nested(n, **acc):
+    """Per-image results where each column's right images are the first acc% (a stronger attack's a subset)."""
+    return {k: np.arange(n) < round(v * n / 100) for k, v in acc.items()}
+
+
+def test_pgd_not_converged_needs_two_points_or_two_paired_standard_errors():
     """WB-strong far below WB-PGD-7 means the paper's column overstates robustness: more than max(2 points, 2
-    binomial standard errors of WB-PGD) below it is flagged."""
+    standard errors of the paired gap) below it is flagged. The images WB-strong breaks are a subset of those
+    PGD-7 left standing, so the paired error is that of the gap alone (sqrt(gap / N)), far below a binomial one."""
     acc = dict(PLAIN_ACC, wb_strong=27.9)  # 2.1 points below 30.0
     assert checks(evaluate.sanity_flags(acc, n=10_000)) == ["pgd-not-converged"]
     assert "PGD-7 overstates robustness" in evaluate.sanity_flags(acc, n=10_000)[0]["detail"]
     assert evaluate.sanity_flags(dict(PLAIN_ACC, wb_strong=28.0), n=10_000) == []  # exactly 2 points: quiet
-    # on 50 images two standard errors of 30% are about 12 points: a 10-point gap is noise there
-    assert evaluate.sanity_flags(dict(PLAIN_ACC, wb_strong=20.0), n=50) == []
-    assert checks(evaluate.sanity_flags(dict(PLAIN_ACC, wb_strong=10.0), n=50)) == ["pgd-not-converged"]
+    # 50 images, 30% against 20%: the gap is 5 images that only PGD-7 got right; paired, two standard errors are
+    # 100 x 2 x sqrt(9/54 - (5/54)^2) / sqrt(54) = 10.8 points (two images added at each extreme): noise
+    ok = nested(50, wb_pgd=30.0, wb_strong=20.0)
+    assert 2 * evaluate.paired_se(ok["wb_pgd"], ok["wb_strong"]) == pytest.approx(10.82, abs=0.01)
+    assert evaluate.sanity_flags(dict(PLAIN_ACC, wb_strong=20.0), n=50, ok=ok) == []
+    # on 1,000 images a 5-point gap (50 images): paired, two standard errors are 1.4 points: flagged, where the
+    # unpaired bound (the sum of two binomial standard errors, twice) calls up to 5.6 points noise
+    assert checks(evaluate.sanity_flags(dict(PLAIN_ACC, wb_strong=25.0), n=1_000, ok=nested(
+        1_000, wb_pgd=30.0, wb_strong=25.0))) == ["pgd-not-converged"]
+    assert evaluate.sanity_flags(dict(PLAIN_ACC, wb_strong=25.0), n=1_000) == []
+
+
+def test_flags_are_quiet_on_a_sound_evaluation_run_as_captured_graphs():
+    """On CUDA each attack and each curve point is its own captured graph, and the self-check lets each disagree
+    with eager predictions on max(1, CHECK_FRAC of a batch) images per batch. A sound evaluation whose numbers sit
+    at the edges of the checks (eps 0 equal to clean, a flat start of the curve, WB-PGD equal to WB-FGSM and to
+    BB-PGD, WB-strong 2 points below PGD-7), every graph's results moved within that tolerance: no flag. The same
+    numbers judged as if eager (no path tolerance) trip flags: the tolerance is what keeps them quiet."""
+    n, batch = 10_000, 500
+    acc = {"clean": 90.0, "wb_fgsm": 30.0, "wb_pgd": 30.0, "wb_strong": 28.0, "bb_fgsm": 60.0, "bb_pgd": 30.0}
+    eps, curve_acc = [0, 1, 2, 4, 8, 16, 32], [90.0, 90.0, 65.0, 45.0, 30.0, 5.0, 0.0]
+    eager = nested(n, **acc, **{f"eps{e}": v for e, v in zip(eps, curve_acc)})
+    rng, k, fired = np.random.default_rng(0), int(max(1, c.CHECK_FRAC * batch)), 0
+    tol = evaluate.path_tol(n, batch, captured=True)
+    assert tol == pytest.approx(2 * 100 * k * (n // batch) / n) == pytest.approx(2.0)
+    for trial in range(20):
+        ok = {}
+        for col, right in eager.items():  # each graph moves k images of every batch, up or down at random
+            right = right.copy()
+            if col != "wb_strong":  # random starts: eager, as on CUDA
+                for b0 in range(0, n, batch):
+                    idx = b0 + rng.choice(batch, k, replace=False)
+                    right[idx] = rng.random() < 0.5
+            ok[col] = right
+        got = {col: 100 * v.mean() for col, v in ok.items()}
+        curve = {"eps_256": eps, "acc": [got[f"eps{e}"] for e in eps]}
+        a = {col: got[col] for col in acc}
+        args = (a, curve, evaluate.noise_tol(a["clean"], n), n, 10, [1000] * 10)
+        assert evaluate.sanity_flags(*args, ok=ok, path=tol) == [], trial
+        fired += bool(evaluate.sanity_flags(*args, ok=ok))
+    assert fired >= 15  # eps 0 against clean alone differs in nearly every trial
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_make_smoke_builds_every_stage_and_the_report(tmp_path):
             assert "constant-class" not in {f["check"] for f in e["flags"]}, e["ckpt"]
     verdicts = [v.split("**")[0] for v in (rep / "claims.md").read_text().split("**Verdict: ")[1:]]
     assert len(verdicts) == 9 and all(v.startswith("not testable here") or v.endswith(
-        ", 1 seed: seed variation not measured") for v in verdicts), verdicts
+        ", 1 seed: the seed spread is the declared one, not measured") for v in verdicts), verdicts
     # the depth sweep: every depth's row, the figure; b2 trained in the cohort of the sweep's three depths
     md = (run / "depth" / "depth.md").read_text()
     assert all(f"| `{u}` | {k} |" in md for u, k in (("1", 0), ("b2", 2), ("56", 4))) and "### The paper's" in md
