@@ -223,7 +223,7 @@ def test_flags_are_quiet_on_a_sound_evaluation_run_as_captured_graphs():
     acc = {"clean": 90.0, "wb_fgsm": 30.0, "wb_pgd": 30.0, "wb_strong": 28.0, "bb_fgsm": 60.0, "bb_pgd": 30.0}
     eps, curve_acc = [0, 1, 2, 4, 8, 16, 32], [90.0, 90.0, 65.0, 45.0, 30.0, 5.0, 0.0]
     eager = nested(n, **acc, **{f"eps{e}": v for e, v in zip(eps, curve_acc)})
-    rng, k, fired = np.random.default_rng(0), int(max(1, c.CHECK_FRAC * batch)), 0
+    rng, k, fired = np.random.default_rng(0), int(max(1, engine.CHECK_FRAC * batch)), 0
     tol = evaluate.path_tol(n, batch, captured=True)
     assert tol == pytest.approx(2 * 100 * k * (n // batch) / n) == pytest.approx(2.0)
     for trial in range(20):
