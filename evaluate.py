@@ -69,6 +69,8 @@ def get_args(argv=None):
                    "they can be; a failure goes on eagerly), on (a failure stops the run), off (eager)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="the models' precision on CUDA (default bf16, autocast; the CPU runs fp32)")
+    p.add_argument("--check", action="store_true", help="check the flags and stop: nothing is read, evaluated or "
+                   "written (make checks every stage's command this way before its first job)")
     return p.parse_args(argv)
 
 
@@ -282,6 +284,8 @@ def main(argv=None):
         flag = "--capture on" if a.capture == "on" else "--precision bf16"
         raise c.UsageError(f"{flag} needs CUDA (this run is on {device}, in fp32); leave it out or use --device cuda")
     a.precision = a.precision or ("bf16" if cuda else "fp32")
+    if a.check:
+        return
     ck = check_model_file("--craft-from", a.craft_from) if a.craft_from else check_model_file("--ckpt", a.ckpt)
     if os.path.exists(a.out) and not a.force and finished(a):
         say(f"{a.out} exists with the same inputs: nothing to do (--force redoes it)")
