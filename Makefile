@@ -116,7 +116,6 @@ DATAFLAG = --data-dir $(DATA) --capture $(CAPTURE)
 TRAIN_BASE = --arch $(ARCH) --seed $(SEEDS) $(DATAFLAG)
 LOG = 2>&1 | tee -a $(basename $@).log
 
-
 # ---- what `all` builds -------------------------------------------------------------------------------------
 seeds_of = $(foreach n,$(SEEDS),$(1)_s$(n).pt)
 SOURCES   := $(foreach a,$(SRC),$(call seeds_of,$(R)/source/cifar100_$(a)))
@@ -180,6 +179,7 @@ help:
 	@echo "make bench      training/evaluation throughput: eager, captured, cohorts, a plain PyTorch reference"
 	@echo "make test-slurm make smoke through a private single-node SLURM (installs slurm-wlm and munge)"
 	@echo "make gpu-check  on a CUDA machine, first: GPU tests, a short bench, bf16 vs fp32 attacks; one summary"
+	@echo "make status     what RUN holds: built, missing, running (pid, epoch), the share done; starts nothing"
 	@echo "stages: sources baselines transfers blackbox evals report; grid: SRC TGT UNFREEZE BASE SEEDS"
 	@echo "settings: RUN=$(R) DATA=$(DATA) ARCH=$(ARCH) PY=$(PY) LAUNCH=$(LAUNCH)"
 	@echo "e.g.  make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all;   make -n $(R)/transfer/pgd-pgd-12_s0.pt"
