@@ -32,7 +32,8 @@ def main(argv=None):
     fields = [dict(role=role, dataset=a.dataset, adv=a.adv, seed=s) for s in a.seed]
     outs = c.member_paths(a.out, fields)
     if a.check:
-        return c.build_model(a.arch, c.NUM_CLASSES[a.dataset])  # an --arch it cannot build is refused too
+        c.build_model(a.arch, c.NUM_CLASSES[a.dataset])  # an --arch it cannot build is refused too
+        return
     members = []
     for f, out in zip(fields, outs):
         c.torch.manual_seed(f["seed"])

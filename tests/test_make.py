@@ -155,6 +155,24 @@ def test_every_stage_command_is_checked_by_its_script_before_any_job(tmp_path, a
     assert jobs(log) == [] and not (tmp_path / "run").exists()
 
 
+def test_a_scripts_check_reads_and_writes_nothing(tmp_path):
+    """--check parses and checks the flags only: a missing data folder or checkpoint is the run's to find; a bad
+    flag is one line, exit 2."""
+    def run(*args):
+        return subprocess.run([sys.executable, *map(str, args), "--check"], cwd=ROOT, capture_output=True, text=True)
+    out = tmp_path / "o" / "x_s{seed}.pt"
+    for args in (["train_source.py", "--data-dir", tmp_path / "none", "--seed", "0", "1", "--out", out],
+                 ["evaluate.py", "--ckpt", tmp_path / "none.pt", "--out", tmp_path / "o" / "x.eval.json"],
+                 ["transfer.py", "--src", "pgd", "--tgt", "nat", "--unfreeze", "1", "b3", "--init", tmp_path / "none.pt",
+                  "--out", out.with_name("{unfreeze}_s{seed}.pt")]):
+        r = run(*args)
+        assert r.returncode == 0 and r.stdout == r.stderr == "", r.stdout + r.stderr
+    assert os.listdir(tmp_path) == []
+    r = run("transfer.py", "--src", "pgd", "--tgt", "nat", "--unfreeze", "b1", "--arch", "resnet8")
+    assert r.returncode == 2 and r.stderr == "error: --arch resnet8: --unfreeze b1 is this ResNet's 12 (its layer3 " \
+        "has 1 residual block): the last stage (layer3) and the head; write 12, so that one depth has one name\n"
+
+
 def test_the_check_passes_what_the_jobs_take_and_runs_once(tmp_path):
     """Good values pass (the smoke's flags, a depth sweep on ResNet8), and the depth sweep's own make does not check
     again: check.py runs once per make, not once per job."""
