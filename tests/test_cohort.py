@@ -61,7 +61,7 @@ def test_default_names_are_those_of_separate_runs(tmp_path, tiny, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_source.main(["--dataset", "cifar10", *tiny(), "--seed", "3", "4"])
     assert sorted(os.listdir(tmp_path / "runs" / "paper" / "baseline")) == sorted(
-        f"cifar10_nat_s{s}{ext}" for s in (3, 4) for ext in (".pt", ".last.pt", ".json", ".jsonl", ".log"))  # no lock left
+        f"cifar10_nat_s{s}{ext}" for s in (3, 4) for ext in (".pt", ".last.pt", ".json", ".jsonl", ".log"))  # no lock
 
 
 @pytest.mark.parametrize("adv", c.ADV)
@@ -151,7 +151,8 @@ def test_locks_are_removed_when_a_run_ends_and_a_killed_runs_lock_is_taken_over(
 
 def test_a_cohort_header_counts_the_members_that_train(tmp_path, tiny, tiny_source):
     """Two of three depths finished: the third trains alone and its log does not claim a cohort of 3."""
-    args = ["--src", "nat", "--tgt", "nat", "--init", str(tiny_source), *tiny(), "--out", str(tmp_path / "{unfreeze}.pt")]
+    args = ["--src", "nat", "--tgt", "nat", "--init", str(tiny_source), *tiny(),
+            "--out", str(tmp_path / "{unfreeze}.pt")]
     transfer.main([*args, "--unfreeze", "1", "56"])
     assert "cohort of 2" in (tmp_path / "1.log").read_text()
     transfer.main([*args, "--unfreeze", "1", "b2", "56"])
@@ -165,8 +166,9 @@ def test_a_moved_run_folder_resumes_and_keeps_its_finished_models(tmp_path, tiny
     a, b = tmp_path / "a", tmp_path / "b"
     src = a / "source" / "cifar100_nat_s0.pt"
     train_source.main(["--dataset", "cifar100", *tiny(), "--out", str(src)])
-    tl = lambda r: ["--src", "nat", "--tgt", "nat", "--unfreeze", "12", "--init", str(r / "source" / "cifar100_nat_s0.pt"),
-                    *tiny(), "--epochs", "2", "--out", str(r / "transfer" / "t.pt")]  # noqa: E731
+    tl = lambda r, init=None: ["--src", "nat", "--tgt", "nat", "--unfreeze", "12", "--init",  # noqa: E731
+                               str(init or r / "source" / "cifar100_nat_s0.pt"), *tiny(), "--epochs", "2",
+                               "--out", str(r / "transfer" / "t.pt")]
     transfer.main(tl(a))
     os.remove(a / "transfer" / "t.pt")  # cut off after its last epoch: only the resume state is left
     os.rename(a, b)
@@ -180,7 +182,7 @@ def test_a_moved_run_folder_resumes_and_keeps_its_finished_models(tmp_path, tiny
     shutil.copy(b / "source" / "cifar100_nat_s0.pt", other)
     os.utime(other, (0, 0))
     with pytest.raises(c.UsageError, match=r"--init \.\./source/cifar100_nat_s0.pt -> \.\./other.pt"):
-        transfer.main([*tl(b)[:7], str(other), *tl(b)[8:]])
+        transfer.main(tl(b, other))
 
 
 def test_makefile_trains_each_cohort_with_one_command():

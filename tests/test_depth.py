@@ -155,7 +155,8 @@ def test_a_depth_beyond_the_sources_blocks_is_refused_before_training(tmp_path, 
 # make depth
 
 def test_make_depth_trains_each_source_target_as_one_cohort():
-    r = subprocess.run(["make", "-n", "PY=python3", "CHECKED=1", "RUN=/nonexistent/run", "SRC=pgd", "TGT=nat fgsm", "BASE=pgd",
+    r = subprocess.run(["make", "-n", "PY=python3", "CHECKED=1", "RUN=/nonexistent/run", "SRC=pgd", "TGT=nat fgsm",
+                        "BASE=pgd",
                         "DEPTHS=1 b3 12 b20 56", "depth"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cmds = r.stdout.replace("\\\n", " ").splitlines()

@@ -163,8 +163,8 @@ def test_a_scripts_check_reads_and_writes_nothing(tmp_path):
     out = tmp_path / "o" / "x_s{seed}.pt"
     for args in (["train_source.py", "--data-dir", tmp_path / "none", "--seed", "0", "1", "--out", out],
                  ["evaluate.py", "--ckpt", tmp_path / "none.pt", "--out", tmp_path / "o" / "x.eval.json"],
-                 ["transfer.py", "--src", "pgd", "--tgt", "nat", "--unfreeze", "1", "b3", "--init", tmp_path / "none.pt",
-                  "--out", out.with_name("{unfreeze}_s{seed}.pt")]):
+                 ["transfer.py", "--src", "pgd", "--tgt", "nat", "--unfreeze", "1", "b3", "--init",
+                  tmp_path / "none.pt", "--out", out.with_name("{unfreeze}_s{seed}.pt")]):
         r = run(*args)
         assert r.returncode == 0 and r.stdout == r.stderr == "", r.stdout + r.stderr
     assert os.listdir(tmp_path) == []
