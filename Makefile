@@ -134,7 +134,8 @@ $(MODELS) $(EXAMPLES):
 # against ARCH's blocks, devices; nothing read or written) and stops make with one line naming the variable. It
 # runs once, when make reads this file, for any goal that runs the pipeline; smoke, mini, test, gpu-check and bench
 # only check that PY can run the scripts (their own makes check their commands). With the default PY before .venv
-# is built, it runs as the first job instead (after the build).
+# is built, it runs as the first job instead (after the build). CHECKED=1 skips it (the depth sweep's own make: its
+# caller checked).
 NO_PY_GOALS := help clean-smoke status $(VENV)
 NOT_PIPELINE := $(NO_PY_GOALS) smoke mini test test-slurm gpu-check bench
 GOALS := $(or $(MAKECMDGOALS),help)
