@@ -166,9 +166,10 @@ else
 endif
 endif
 endif
+# `make check VAR=...`: the check alone (when make read this file), nothing run
 .PHONY: check
 check: | $(VENV)
-	@$(CHECK)
+	@$(if $(CHECK_FIRST),$(CHECK) && )echo "every stage's command passes its script's check"
 
 .PHONY: help all sources baselines transfers blackbox evals report smoke mini test test-slurm gpu-check bench clean-smoke
 help:
@@ -181,6 +182,7 @@ help:
 	@echo "make test-slurm make smoke through a private single-node SLURM (installs slurm-wlm and munge)"
 	@echo "make gpu-check  on a CUDA machine, first: GPU tests, a short bench, bf16 vs fp32 attacks; one summary"
 	@echo "make status     what RUN holds: built, missing, running (pid, epoch), the share done; starts nothing"
+	@echo "make check      every stage's command checked by its script (flags, depths against ARCH); runs nothing"
 	@echo "stages: sources baselines transfers blackbox evals report; grid: SRC TGT UNFREEZE BASE SEEDS"
 	@echo "settings: RUN=$(R) DATA=$(DATA) ARCH=$(ARCH) PY=$(PY) LAUNCH=$(LAUNCH)"
 	@echo "e.g.  make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all;   make -n $(R)/transfer/pgd-pgd-12_s0.pt"

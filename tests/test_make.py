@@ -185,6 +185,8 @@ def test_the_check_passes_what_the_jobs_take_and_runs_once(tmp_path):
     assert r.returncode == 0, r.stderr
     assert calls.read_text().count("x") == 1 and ("transfer.py", str(tmp_path / "run" / "transfer" /
                                                   "{src}-{tgt}-{unfreeze}_s{seed}.pt")) in jobs(log)
+    r = make(f"PY={py}", *GRID, *smoke, "check", env={"FAKEPY_LOG": str(log), "FAKEPY_CHECK": "1"})
+    assert r.returncode == 0 and r.stdout == "every stage's command passes its script's check\n" and jobs(log) == []
 
 
 def test_a_python_without_torch_is_one_line_with_the_fix(tmp_path):
