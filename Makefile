@@ -63,9 +63,11 @@ VENV := $(if $(filter .venv/bin/python,$(PY)),.venv/installed)
 
 # `make -j N LAUNCH='$(GPULOCK)'`: each job takes a free GPU (SLOTS jobs per GPU) through flock and waits for
 # one when all are busy. Several PGD trainings of a small ResNet56 can share one large GPU: SLOTS=2 or 3.
-NGPU  ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
+NGPU  ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 SLOTS ?= 1
-GPULOCK = bash -c 'while :; do for g in $$(seq 0 $$(($(NGPU) - 1))); do for s in $$(seq $(SLOTS)); do \
+GPULOCK = bash -c '[ "$(NGPU)" -gt 0 ] 2>/dev/null || { echo "error: GPULOCK: no GPU to take (NGPU=$(NGPU)); run \
+  without LAUNCH on a CPU, or set NGPU to the number of GPUs" >&2; exit 2; }; \
+  while :; do for g in $$(seq 0 $$(($(NGPU) - 1))); do for s in $$(seq $(SLOTS)); do \
   exec 9>"$${TMPDIR:-/tmp}/gpulock.$$g.$$s"; if flock -n 9; then export CUDA_VISIBLE_DEVICES=$$g; exec "$$@"; fi; \
   done; done; sleep 10; done' gpulock
 
@@ -98,9 +100,20 @@ $(if $(and $(wildcard $(DATA)/*.npz),$(filter-out $(wildcard $(NPZ)),$(NPZ))),$(
   $(notdir $(filter-out $(wildcard $(NPZ)),$(NPZ))): a folder of .npz files needs cifar10_train/test.npz and \
   cifar100_train/test.npz))
 
+# no GPU, no wait: GPULOCK and gpu-check need one (nvidia-smi lists none: NGPU is 0)
+$(if $(findstring GPULOCK,$(value LAUNCH)),$(if $(or $(call not_one_int,$(NGPU)),$(filter 0,$(NGPU))),$(call \
+  bad,LAUNCH uses GPULOCK but NGPU=$(NGPU): no GPU to take (nvidia-smi lists none); leave LAUNCH empty to run \
+  the jobs here$(,) or set NGPU to the number of GPUs)))
+$(if $(or $(call not_one_int,$(SLOTS)),$(filter 0,$(SLOTS))),$(call bad,SLOTS=$(SLOTS): one integer above 0))
+$(if $(filter gpu-check,$(MAKECMDGOALS)),$(if $(filter-out 0,$(NGPU)),,$(call bad,make gpu-check checks the \
+  CUDA path and this machine has no GPU (nvidia-smi lists none; NGPU=$(NGPU)); on a CPU$(,) make smoke and make \
+  test check the rest)))
+
 R := $(RUN)
 # the data and the capture switch, passed to every training, evaluation and crafting job
 DATAFLAG = --data-dir $(DATA) --capture $(CAPTURE)
+# and the ResNet and seeds of every training but the DenseNet's (+ TRAIN_FLAGS: TRAIN)
+TRAIN_BASE = --arch $(ARCH) --seed $(SEEDS) $(DATAFLAG)
 LOG = 2>&1 | tee -a $(basename $@).log
 
 # ---- what `all` builds -------------------------------------------------------------------------------------
@@ -116,16 +129,60 @@ EVALS     := $(MODELS:.pt=.eval.json)
 # that depends on it is newer (and never deletes one after a later stage fails).
 $(MODELS) $(EXAMPLES):
 
+# ---- every stage's command, checked by its own script before the first job ---------------------------------
+# check.py runs, in one process, each stage's command as its recipe will with --check (every flag parsed, depths
+# against ARCH's blocks, devices; nothing read or written) and stops make with one line naming the variable. It
+# runs once, when make reads this file, for any goal that runs the pipeline; smoke, mini, test, gpu-check and bench
+# only check that PY can run the scripts (their own makes check their commands). With the default PY before .venv
+# is built, it runs as the first job instead (after the build). CHECKED=1 skips it (the depth sweep's own make: its
+# caller checked).
+NO_PY_GOALS := help clean-smoke status $(VENV)
+NOT_PIPELINE := $(NO_PY_GOALS) smoke mini test test-slurm gpu-check bench
+GOALS := $(or $(MAKECMDGOALS),help)
+CHECK_TL = --epochs $(EPOCHS_TL) $(TRAIN_BASE) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
+  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS)
+CHECK_JOBS = \
+  '::ARCH=$(ARCH), SEEDS=$(SEEDS)' train_source.py --dataset cifar100 --epochs $(EPOCHS_SRC) $(TRAIN_BASE) \
+    --out '$(R)/source/cifar100_nat_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS) \
+  $(if $(SRC),$(if $(TGT),"::UNFREEZE='$(UNFREEZE)' (ARCH=$(ARCH))" transfer.py --src $(firstword $(SRC)) \
+    --tgt $(firstword $(TGT)) --unfreeze $(UNFREEZE) $(CHECK_TL) \
+    $(if $(filter depth,$(GOALS)),"::DEPTHS='$(DEPTHS)' (ARCH=$(ARCH))" transfer.py --src $(firstword $(SRC)) \
+    --tgt $(firstword $(TGT)) --unfreeze $(DEPTHS) $(CHECK_TL)))) \
+  '::BB_SEED=$(BB_SEED)' train_blackbox.py --seed $(BB_SEED) --epochs $(EPOCHS_BB) $(DATAFLAG) \
+    --out $(BLACKBOX) ::TRAIN_FLAGS $(TRAIN_FLAGS) ::BB_FLAGS $(BB_FLAGS) \
+  '::DATA=$(DATA)' evaluate.py --craft-from $(BLACKBOX) --out $(EXAMPLES) $(DATAFLAG) ::EVAL_FLAGS $(EVAL_FLAGS) \
+  '::DATA=$(DATA)' evaluate.py --ckpt x.pt --blackbox $(EXAMPLES) --out x.eval.json $(DATAFLAG) \
+    ::EVAL_FLAGS $(EVAL_FLAGS)
+# LAUNCH=srun ...: the jobs' devices are on other machines, not checked here
+CHECK = $(PY) check.py --py $(PY) $(if $(LAUNCH),$(if $(findstring GPULOCK,$(value LAUNCH)),,--elsewhere)) \
+  $(if $(filter-out $(NOT_PIPELINE),$(GOALS)),$(CHECK_JOBS))
+ifeq ($(CHECKED),)
+ifneq ($(filter-out $(NO_PY_GOALS),$(GOALS)),)
+ifeq ($(VENV),$(wildcard $(VENV)))
+  CHECK_SAYS := $(shell $(CHECK) 2>&1)
+  $(if $(filter-out 0,$(.SHELLSTATUS)),$(error $(CHECK_SAYS)))
+else
+  CHECK_FIRST := check
+endif
+endif
+endif
+# `make check VAR=...`: the check alone (when make read this file), nothing run
+.PHONY: check
+check: | $(VENV)
+	@$(if $(CHECK_FIRST),$(CHECK) && )echo "every stage's command passes its script's check"
+
 .PHONY: help all sources baselines transfers blackbox evals report smoke mini test test-slurm gpu-check bench clean-smoke
 help:
 	@echo "make smoke      the whole pipeline on built-in synthetic data, CPU, a few minutes -> runs/smoke/report"
 	@echo "make test       the tests (includes make smoke)"
 	@echo "make all        the paper on a GPU: 3 sources, 3 baselines, 27 transfers, DenseNet121, evaluations, report"
 	@echo "make mini DATA=FOLDER   the whole grid on small real subsets (npz), scaled down, on a GPU -> runs/mini"
-	@echo "make depth SRC=pgd TGT=nat   robustness against unfreezing depth (DEPTHS), one cohort -> $(R)/depth"
+	@echo "make depth SRC=pgd TGT=nat   robustness against unfreezing depth (DEPTHS), one cohort -> $(R)/depth/pgd-nat"
 	@echo "make bench      training/evaluation throughput: eager, captured, cohorts, a plain PyTorch reference"
 	@echo "make test-slurm make smoke through a private single-node SLURM (installs slurm-wlm and munge)"
 	@echo "make gpu-check  on a CUDA machine, first: GPU tests, a short bench, bf16 vs fp32 attacks; one summary"
+	@echo "make status     what RUN holds: built, missing, running (pid, epoch), the share done; starts nothing"
+	@echo "make check      every stage's command checked by its script (flags, depths against ARCH); runs nothing"
 	@echo "stages: sources baselines transfers blackbox evals report; grid: SRC TGT UNFREEZE BASE SEEDS"
 	@echo "settings: RUN=$(R) DATA=$(DATA) ARCH=$(ARCH) PY=$(PY) LAUNCH=$(LAUNCH)"
 	@echo "e.g.  make SRC=pgd TGT=pgd UNFREEZE=12 BASE= all;   make -n $(R)/transfer/pgd-pgd-12_s0.pt"
@@ -153,54 +210,70 @@ endif
 # for some members skips the others that are finished (X.pt newer than its source) and resumes any cut off.
 src_of = $(word 1,$(subst -, ,$(1)))
 tgt_of = $(word 2,$(subst -, ,$(1)))
-TRAIN = --arch $(ARCH) --seed $(SEEDS) $(DATAFLAG) $(TRAIN_FLAGS)
+TRAIN = $(TRAIN_BASE) $(TRAIN_FLAGS)
 
-$(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py engine.py $(VENV)
+$(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py engine.py $(VENV) $(CHECK_FIRST)
 	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
 	  --out '$(R)/source/cifar100_$*_s{seed}.pt'
 
-$(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py $(VENV)
+$(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py $(VENV) $(CHECK_FIRST)
 	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
 	  --out '$(R)/baseline/cifar10_$*_s{seed}.pt'
 
 # The stem is source-target, e.g. pgd-fgsm; each cohort needs its own source, one per seed.
 .SECONDEXPANSION:
 $(foreach u,$(UNFREEZE),$(call seeds_of,$(R)/transfer/%-$(u))): \
-  $$(call seeds_of,$(R)/source/cifar100_$$(call src_of,$$*)) | transfer.py common.py engine.py $(VENV)
+  $$(call seeds_of,$(R)/source/cifar100_$$(call src_of,$$*)) | transfer.py common.py engine.py $(VENV) $(CHECK_FIRST)
 	$(LAUNCH) $(PY) transfer.py --src $(call src_of,$*) --tgt $(call tgt_of,$*) --unfreeze $(UNFREEZE) \
 	  --epochs $(EPOCHS_TL) $(TRAIN) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
 	  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt'
 
-$(R)/blackbox/densenet121_s%.pt: | train_blackbox.py common.py engine.py $(VENV)
+$(R)/blackbox/densenet121_s%.pt: | train_blackbox.py common.py engine.py $(VENV) $(CHECK_FIRST)
 	$(LAUNCH) $(PY) train_blackbox.py --seed $* --epochs $(EPOCHS_BB) $(DATAFLAG) $(TRAIN_FLAGS) $(BB_FLAGS) --out $@
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 # The black-box examples are crafted once on the DenseNet121 and reused by every CIFAR-10 evaluation.
-$(EXAMPLES): $(BLACKBOX) | evaluate.py common.py engine.py
+$(EXAMPLES): $(BLACKBOX) | evaluate.py common.py engine.py $(CHECK_FIRST)
 	$(LAUNCH) $(PY) evaluate.py --craft-from $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --force $(LOG)
 
 # CIFAR-100 sources: white-box columns on the CIFAR-100 test set. The DenseNet: its clean and white-box accuracy.
-$(R)/source/%.eval.json: $(R)/source/%.pt | evaluate.py common.py engine.py
+$(R)/source/%.eval.json: $(R)/source/%.pt | evaluate.py common.py engine.py $(CHECK_FIRST)
 	$(LAUNCH) $(PY) evaluate.py --ckpt $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --force $(LOG)
 
-$(R)/blackbox/%.eval.json: $(R)/blackbox/%.pt | evaluate.py common.py engine.py
+$(R)/blackbox/%.eval.json: $(R)/blackbox/%.pt | evaluate.py common.py engine.py $(CHECK_FIRST)
 	$(LAUNCH) $(PY) evaluate.py --ckpt $< --out $@ $(DATAFLAG) $(EVAL_FLAGS) --no-strong --no-curve --force $(LOG)
 
-%.eval.json: %.pt $(EXAMPLES) | evaluate.py common.py engine.py
+%.eval.json: %.pt $(EXAMPLES) | evaluate.py common.py engine.py $(CHECK_FIRST)
 	$(LAUNCH) $(PY) evaluate.py --ckpt $< --blackbox $(EXAMPLES) --out $@ $(DATAFLAG) $(EVAL_FLAGS) --force $(LOG)
 
-$(R)/report/report.md: $(EVALS) | report.py
+$(R)/report/report.md: $(EVALS) | report.py $(CHECK_FIRST)
 	$(PY) report.py --run $(R) --out $(R)/report
 
 # ---- depth sweep -------------------------------------------------------------------------------------------
 # Where robustness lives: each source x target transferred at every depth of DEPTHS, trained as one cohort by the
 # transfer rule above (a sub-make with UNFREEZE = DEPTHS; 1, 12, 56 are the grid's own models, reused when built),
-# evaluated as every model, then depth.png and depth.md in $(R)/depth/. The report runs every time: it is cheap
-# and shows exactly the depths asked for.
+# evaluated as every model, then depth.png and depth.md in $(R)/depth/SRC-TGT/ (e.g. depth/pgd-nat; several
+# values joined by _), so that another pair never replaces them. The report runs every time: it is cheap and shows
+# exactly the depths asked for.
+space := $() $()
+DEPTH_OUT = $(R)/depth/$(subst $(space),_,$(strip $(SRC)))-$(subst $(space),_,$(strip $(TGT)))
 .PHONY: depth
-depth: | $(VENV)
-	$(MAKE) --no-print-directory UNFREEZE='$(DEPTHS)' evals
-	$(PY) report.py --depth --run $(R) --src $(SRC) --tgt $(TGT) --unfreeze $(DEPTHS) --out $(R)/depth
+depth: | $(VENV) $(CHECK_FIRST)
+	$(MAKE) --no-print-directory UNFREEZE='$(DEPTHS)' CHECKED=1 evals
+	$(PY) report.py --depth --run $(R) --src $(SRC) --tgt $(TGT) --unfreeze $(DEPTHS) --out $(DEPTH_OUT)
+
+# ---- what a RUN holds -------------------------------------------------------------------------------------
+# `make status` (with the variables of the make that builds the RUN): built, missing and running per stage, the
+# share done; it starts nothing. status.py needs no torch: PY, or python3 before .venv is built.
+commas = $(subst $(space),$(,),$(strip $(1)))
+STATUS_JOBS = $(foreach a,$(SRC),sources:$(call commas,$(call seeds_of,$(R)/source/cifar100_$(a)))) \
+  $(foreach a,$(BASE),baselines:$(call commas,$(call seeds_of,$(R)/baseline/cifar10_$(a)))) \
+  $(foreach s,$(SRC),$(foreach t,$(TGT),transfers:$(call commas,$(foreach u,$(UNFREEZE),$(call \
+    seeds_of,$(R)/transfer/$(s)-$(t)-$(u)))))) \
+  blackbox:$(BLACKBOX) blackbox:$(EXAMPLES) $(addprefix evals:,$(EVALS)) report:$(R)/report/report.md
+.PHONY: status
+status:
+	@$(if $(wildcard $(PY)),$(PY),python3) status.py --run $(R) $(STATUS_JOBS)
 
 # ---- smoke, tests, benchmark -------------------------------------------------------------------------------
 # The same DAG on built-in synthetic data with tiny settings, in its own output tree, on CPU. Tuned so that no model
@@ -222,7 +295,7 @@ SMOKE_DEPTH = SRC=pgd TGT=nat DEPTHS='1 b2 56'
 smoke: | $(VENV)
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(NPROC) $(SMOKE) all
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$(NPROC) $(SMOKE) $(SMOKE_DEPTH) depth
-	@echo "smoke report: $(SMOKE_RUN)/report/report.md; depth sweep: $(SMOKE_RUN)/depth/depth.md"
+	@echo "smoke report: $(SMOKE_RUN)/report/report.md; depth sweep: $(SMOKE_RUN)/depth/pgd-nat/depth.md"
 
 # The whole grid on real images at a small scale: a folder of cifar10/cifar100_{train,test}.npz (e.g. 8,000 + 1,000
 # images each), the protocol's schedule shape at 10/4/6 epochs, every test image of the folder, a lighter strong

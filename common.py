@@ -452,6 +452,9 @@ def freeze(model, unfreeze):
     if isinstance(parse_unfreeze(unfreeze), str) and k > len(blocks):  # a smaller ResNet than ResNet56
         raise UsageError(f"--unfreeze {unfreeze}: this ResNet has {len(blocks)} residual blocks; use a bK with K <= "
                          f"{len(blocks)}, or 56 for everything")
+    if isinstance(parse_unfreeze(unfreeze), str) and k == len(blocks) // 3:  # as b9 on ResNet56: one depth, one name
+        raise UsageError(f"--unfreeze {unfreeze} is this ResNet's 12 (its layer3 has {k} residual block"
+                         f"{'s' * (k > 1)}): {UNFREEZE[12]}; write 12, so that one depth has one name")
     train = [model] if k == len(blocks) + 1 else [model.linear, *blocks[len(blocks) - k:]]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -466,8 +469,8 @@ def depth_table(arch="resnet56", num_classes=10):
     model, rows = build_model(arch, num_classes), []
     n_blocks = len([*model.layer1, *model.layer2, *model.layer3])
     for u in DEPTHS:
-        if isinstance(u, str) and depth_k(u) > n_blocks:
-            continue  # beyond a smaller ResNet's blocks
+        if isinstance(u, str) and depth_k(u) in (n_blocks // 3, *range(n_blocks + 1, 28)):
+            continue  # a smaller ResNet's 12 under another name, or beyond its blocks
         params = freeze(model, u)
         layers = sum(m.weight.requires_grad for m in weight_layers(model))
         rows.append((u, depth_k(u, n_blocks), layers, sum(p.numel() for p in params)))

@@ -396,21 +396,31 @@ def check_writable(path, flag="--out"):
 @contextlib.contextmanager
 def output_lock(path, flag="--out"):
     """An exclusive lock on `path` for the whole run (flock on path.lock, released when the process ends, even by
-    kill -9): two runs on one output cannot interleave; the second fails at once naming the first."""
+    kill -9): two runs on one output cannot interleave; the second fails at once naming the first. The lock file
+    is removed when the run ends (one left by a killed run is free and taken over): a lock is held only on the
+    file at path.lock itself, so a run that opened a file removed meanwhile tries again."""
     import fcntl
     check_writable(path, flag)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        f = open(path + ".lock", "a+")
-    except OSError as e:
-        raise c.UsageError(f"{flag} {path}: cannot write there ({e.strerror or e}); pass a writable path")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise c.UsageError(f"{flag} {path} is being written by another run ({holder}); wait for it to end or stop it")
+    while True:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            f = open(path + ".lock", "a+")
+        except OSError as e:
+            raise c.UsageError(f"{flag} {path}: cannot write there ({e.strerror or e}); pass a writable path")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise c.UsageError(f"{flag} {path} is being written by another run ({holder}); wait for it to end or "
+                               f"stop it")
+        try:
+            if os.stat(path + ".lock").st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the holder ended and removed the file between our open and our lock: take the new one
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}")
@@ -418,7 +428,9 @@ def output_lock(path, flag="--out"):
     try:
         yield
     finally:
-        f.close()  # the .lock file stays: removing it would race with a run that just opened it
+        with contextlib.suppress(OSError):
+            os.remove(path + ".lock")  # while still held: whoever opens it next sees it gone and retries
+        f.close()
 
 
 def provenance(device):
@@ -476,6 +488,8 @@ def add_training_args(p, epochs, wd, milestones, out):
     p.add_argument("--capture", choices=CAPTURE, default="auto", help="CUDA graphs for the steps: auto (where they "
                    "can be; a failure goes on eagerly), on (a failure stops the run), off (eager; make CAPTURE=off)")
     p.add_argument("--force", action="store_true", help="retrain even if the output exists (it is replaced)")
+    p.add_argument("--check", action="store_true", help="check the flags and stop: nothing is read, trained or "
+                   "written (make checks every stage's command this way before its first job)")
     return p
 
 
@@ -514,7 +528,7 @@ def member_paths(template, members, flag="--out"):
 def member(model, params, a, out, info, **values):
     """A cohort member for fit: its model, the parameters that train, its output, its recorded arguments (the
     script's flags with this member's own values: seed, unfreeze, ...) and what its checkpoint says of it."""
-    args = {k: v for k, v in vars(a).items() if k not in ("device", "force", "capture")}  # how, not what
+    args = {k: v for k, v in vars(a).items() if k not in ("device", "force", "capture", "check")}  # how, not what
     return dict(model=model, params=params, out=out, args={**args, **values, "out": out}, info=info)
 
 
@@ -545,6 +559,12 @@ def _fmt_time(s):
 
 
 def _args_diff(old, new):
+    """The recorded arguments that differ, as flags. Where the files lie is no argument: --out is where the output is
+    now, and --init counts relative to it, so that a moved (or renamed) RUN folder resumes."""
+    def rel(a):
+        out = os.path.dirname(a.get("out") or "")
+        return {**a, "out": None, "init": a.get("init") and os.path.relpath(a["init"], out or ".")}
+    old, new = rel(old), rel(new)
     return ", ".join(f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v)
 
 
@@ -563,7 +583,7 @@ def _start(m, opt, lr, epochs, force):
     if force or not os.path.exists(last) or newer(last):
         return 0, {"score": -1.0}, []
     ck = c.load_checkpoint(last, "resume state", ours=True)
-    if ck["args"] != m["args"]:
+    if _args_diff(ck["args"], m["args"]):
         raise c.UsageError(f"{last} is a run with other arguments ({_args_diff(ck['args'], m['args'])}); rerun with "
                          f"the same ones to resume it, or --force to start afresh")
     m["model"].load_state_dict(ck["model"])
@@ -660,13 +680,14 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
                 continue
             m["start"], m["best"], m["rows"] = st
             m["log"] = held.enter_context(open(m["out"][:-3] + ".log", "a" if m["start"] else "w"))  # resumed: append
+            todo.append(m)
+        for m in todo:  # the cohort is the members that train, not those already finished
             if m["start"]:
                 say(m, f"resuming {m['out']} after epoch {m['start']}/{epochs}")
             n_par = sum(p.numel() for p in m["params"])
             say(m, f"{m['info']['arch']} on {dataset} ({len(xtr)} train / {len(xva)} val), {adv} training, "
                    f"{c.eps_str(eps)}, {n_par:,} of {sum(p.numel() for p in m['model'].parameters()):,} parameters "
-                   f"train, device {device}" + (f", cohort of {len(members)}" if len(members) > 1 else ""))
-            todo.append(m)
+                   f"train, device {device}" + (f", cohort of {len(todo)}" if len(todo) > 1 else ""))
         step, n_step, first = None, 0, min((m["start"] for m in todo), default=epochs)
         for epoch in range(first, epochs):
             act = [m for m in todo if m["start"] <= epoch]

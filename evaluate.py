@@ -70,6 +70,8 @@ def get_args(argv=None):
                    "they can be; a failure goes on eagerly), on (a failure stops the run), off (eager)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="the models' precision on CUDA (default bf16, autocast; the CPU runs fp32)")
+    p.add_argument("--check", action="store_true", help="check the flags and stop: nothing is read, evaluated or "
+                   "written (make checks every stage's command this way before its first job)")
     return p.parse_args(argv)
 
 
@@ -133,7 +135,7 @@ def chance_level(acc, n, classes):
 
 def path_tol(n, batch_size, captured):
     """Points by which two numbers of one evaluation may differ though they measure the same thing, when they
-    came from different captured graphs (common.eval_step): each graph may disagree with eager predictions on
+    came from different captured graphs (engine.eval_step): each graph may disagree with eager predictions on
     max(1, CHECK_FRAC of a batch) images of every batch (the self-check's tolerance; under bf16 two graphs pick
     their own kernels), so two graphs on twice that. 0 when every path ran eagerly (the same computation, bit for
     bit)."""
@@ -320,6 +322,8 @@ def main(argv=None):
         flag = "--capture on" if a.capture == "on" else "--precision bf16"
         raise c.UsageError(f"{flag} needs CUDA (this run is on {device}, in fp32); leave it out or use --device cuda")
     a.precision = a.precision or ("bf16" if cuda else "fp32")
+    if a.check:
+        return
     ck = check_model_file("--craft-from", a.craft_from) if a.craft_from else check_model_file("--ckpt", a.ckpt)
     if os.path.exists(a.out) and not a.force and finished(a):
         say(f"{a.out} exists with the same inputs: nothing to do (--force redoes it)")

@@ -28,8 +28,11 @@ def main(argv=None):
     if a.growth < 1:
         raise c.UsageError(f"--growth must be positive, got {a.growth}")
     fields = [dict(seed=s) for s in a.seed]
+    outs = engine.member_paths(a.out, fields)
+    if a.check:
+        return
     members = []
-    for f, out in zip(fields, engine.member_paths(a.out, fields)):
+    for f, out in zip(fields, outs):
         c.torch.manual_seed(f["seed"])
         model = c.build_model(a.arch, 10, a.growth)
         info = {"arch": a.arch, "num_classes": 10, "growth": a.growth, "role": "blackbox"}

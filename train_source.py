@@ -31,8 +31,12 @@ def main(argv=None):
     engine.check_training_args(a)
     role = "source" if a.dataset == "cifar100" else "baseline"
     fields = [dict(role=role, dataset=a.dataset, adv=a.adv, seed=s) for s in a.seed]
+    outs = engine.member_paths(a.out, fields)
+    if a.check:
+        c.build_model(a.arch, c.NUM_CLASSES[a.dataset])  # an --arch it cannot build is refused too
+        return
     members = []
-    for f, out in zip(fields, engine.member_paths(a.out, fields)):
+    for f, out in zip(fields, outs):
         c.torch.manual_seed(f["seed"])
         model = c.build_model(a.arch, c.NUM_CLASSES[a.dataset])
         info = {"arch": a.arch, "num_classes": c.NUM_CLASSES[a.dataset], "role": role}

@@ -66,6 +66,14 @@ def main(argv=None):
         raise c.UsageError(f"--unfreeze lists a depth twice ({' '.join(a.unfreeze)})")
     fields = [dict(src=a.src, tgt=a.tgt, unfreeze=u, seed=s) for s in a.seed for u in depths]
     outs = engine.member_paths(a.out, fields)
+    if a.check:  # the depths against --arch where it is given (make gives it); else against the source, when run
+        model = a.arch and c.build_model(a.arch, 100)
+        for u in depths if model else ():
+            try:
+                c.freeze(model, u)
+            except c.UsageError as e:
+                raise c.UsageError(f"--arch {a.arch}: {e}")
+        return
     inits = [a.init.format(src=a.src, seed=f["seed"]) for f in fields]
     sources = {p: load_source(p, a) for p in dict.fromkeys(inits)}
     members = []

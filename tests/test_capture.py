@@ -462,7 +462,8 @@ def test_make_capture_switch_reaches_every_job():
     """`make CAPTURE=off all` turns capture off in every training, evaluation and crafting command; a wrong value
     stops Make before anything runs."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    make = ["make", "-n", "PY=python3", "RUN=/nonexistent/run", "SRC=pgd", "TGT=pgd", "UNFREEZE=12", "BASE=pgd"]
+    make = ["make", "-n", "PY=python3", "CHECKED=1", "RUN=/nonexistent/run", "SRC=pgd", "TGT=pgd", "UNFREEZE=12",
+            "BASE=pgd"]
     r = subprocess.run([*make, "CAPTURE=off", "all"], cwd=root, capture_output=True, text=True)
     cmds = [line for line in r.stdout.replace("\\\n", " ").splitlines() if line.startswith("python3 ")
             and "report.py" not in line]

@@ -4,6 +4,7 @@ treats a finished output (kept), --force (retrained) and a second run on the sam
 import copy
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -61,7 +62,7 @@ def test_default_names_are_those_of_separate_runs(tmp_path, tiny, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_source.main(["--dataset", "cifar10", *tiny(), "--seed", "3", "4"])
     assert sorted(os.listdir(tmp_path / "runs" / "paper" / "baseline")) == sorted(
-        f"cifar10_nat_s{s}{ext}" for s in (3, 4) for ext in (".pt", ".last.pt", ".json", ".jsonl", ".log", ".pt.lock"))
+        f"cifar10_nat_s{s}{ext}" for s in (3, 4) for ext in (".pt", ".last.pt", ".json", ".jsonl", ".log"))  # no lock
 
 
 @pytest.mark.parametrize("adv", c.ADV)
@@ -129,10 +130,66 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, tiny, run_script):
     assert not out.exists() and not os.path.exists(str(out)[:-3] + ".last.pt")
 
 
+def test_locks_are_removed_when_a_run_ends_and_a_killed_runs_lock_is_taken_over(tmp_path, tiny):
+    """No *.lock litters a finished run; one left by kill -9 (a file nobody holds) is taken over and removed. And
+    a run that opened a lock file its holder removed meanwhile locks the new one, so two runs never both hold it."""
+    out = tmp_path / "x.pt"
+    (tmp_path / "x.pt.lock").write_text("pid 1: a run killed with -9")
+    train_source.main(["--dataset", "cifar10", *tiny(), "--out", str(out)])
+    assert out.exists() and not list(tmp_path.glob("*.lock"))
+    with engine.output_lock(str(out)):
+        stale = open(str(out) + ".lock")  # opened by a second run just before the first removes it
+        assert (tmp_path / "x.pt.lock").read_text().startswith(f"pid {os.getpid()}:")
+    assert not (tmp_path / "x.pt.lock").exists()
+    with engine.output_lock(str(out)):  # a third run holds the new file: the second, late to lock its old one, is refused
+        import fcntl
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old file's lock is free, but it is not the lock
+        with pytest.raises(c.UsageError, match="being written by another run"):
+            with engine.output_lock(str(out)):
+                pass
+    stale.close()
+
+
+def test_a_cohort_header_counts_the_members_that_train(tmp_path, tiny, tiny_source):
+    """Two of three depths finished: the third trains alone and its log does not claim a cohort of 3."""
+    args = ["--src", "nat", "--tgt", "nat", "--init", str(tiny_source), *tiny(),
+            "--out", str(tmp_path / "{unfreeze}.pt")]
+    transfer.main([*args, "--unfreeze", "1", "56"])
+    assert "cohort of 2" in (tmp_path / "1.log").read_text()
+    transfer.main([*args, "--unfreeze", "1", "b2", "56"])
+    log = (tmp_path / "b2.log").read_text()
+    assert "epoch   1/1" in log and "cohort of" not in log
+
+
+def test_a_moved_run_folder_resumes_and_keeps_its_finished_models(tmp_path, tiny, tiny_source, capsys):
+    """`mv runs/a runs/b`: the same commands with the new paths find the finished models (a transfer's --init moved
+    with it) and resume an unfinished one, instead of refusing them as runs 'with other arguments (--out ...)'."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    src = a / "source" / "cifar100_nat_s0.pt"
+    train_source.main(["--dataset", "cifar100", *tiny(), "--out", str(src)])
+    tl = lambda r, init=None: ["--src", "nat", "--tgt", "nat", "--unfreeze", "12", "--init",  # noqa: E731
+                               str(init or r / "source" / "cifar100_nat_s0.pt"), *tiny(), "--epochs", "2",
+                               "--out", str(r / "transfer" / "t.pt")]
+    transfer.main(tl(a))
+    os.remove(a / "transfer" / "t.pt")  # cut off after its last epoch: only the resume state is left
+    os.rename(a, b)
+    capsys.readouterr()
+    train_source.main(["--dataset", "cifar100", *tiny(), "--out", str(b / "source" / "cifar100_nat_s0.pt")])
+    transfer.main(tl(b))
+    said = capsys.readouterr().out
+    assert "cifar100_nat_s0.pt exists; nothing to do" in said and "resuming" in said and "after epoch 2/2" in said
+    assert (b / "transfer" / "t.pt").exists()
+    other = b / "other.pt"  # another source (older than the transfer: not a retrained one) is still refused
+    shutil.copy(b / "source" / "cifar100_nat_s0.pt", other)
+    os.utime(other, (0, 0))
+    with pytest.raises(c.UsageError, match=r"--init \.\./source/cifar100_nat_s0.pt -> \.\./other.pt"):
+        transfer.main(tl(b, other))
+
+
 def test_makefile_trains_each_cohort_with_one_command():
     """`make -n` of one transfer cell: its source, then one command for the three strategies (and every seed)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(["make", "-n", "PY=python3", "RUN=/nonexistent/run", "SEEDS=0 1",
+    r = subprocess.run(["make", "-n", "PY=python3", "CHECKED=1", "RUN=/nonexistent/run", "SEEDS=0 1",
                         "/nonexistent/run/transfer/pgd-fgsm-12_s1.pt"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cmds = [line for line in r.stdout.replace("\\\n", " ").splitlines() if "python3" in line]

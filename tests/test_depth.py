@@ -106,10 +106,13 @@ def test_frozen_weights_do_not_move_at_any_depth(u, resnet56):
 
 
 def test_a_smaller_resnet_takes_depths_up_to_its_blocks():
-    m = c.build_model("resnet8", 10)  # 3 blocks: b1..b3; 12 is its layer3 (one block)
-    assert {u: k for u, k, _, _ in c.depth_table("resnet8")} == {1: 0, "b1": 1, 12: 1, "b2": 2, "b3": 3, 56: 4}
+    m = c.build_model("resnet8", 10)  # 3 blocks: b1..b3; 12 is its layer3 (one block), which b1 would name again
+    assert {u: k for u, k, _, _ in c.depth_table("resnet8")} == {1: 0, 12: 1, "b2": 2, "b3": 3, 56: 4}
     with pytest.raises(c.UsageError, match="has 3 residual blocks"):
         c.freeze(m, "b4")
+    with pytest.raises(c.UsageError, match="b1 is this ResNet's 12 .*; write 12, so that one depth has one name"):
+        c.freeze(m, "b1")  # one depth, one name: as b9 on ResNet56
+    assert [u for u, _, _, _ in c.depth_table("resnet20")] == [1, "b1", "b2", 12, "b4", "b5", "b6", "b7", "b8", 56]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,7 +157,8 @@ def test_a_depth_beyond_the_sources_blocks_is_refused_before_training(tmp_path, 
 # make depth
 
 def test_make_depth_trains_each_source_target_as_one_cohort():
-    r = subprocess.run(["make", "-n", "PY=python3", "RUN=/nonexistent/run", "SRC=pgd", "TGT=nat fgsm", "BASE=pgd",
+    r = subprocess.run(["make", "-n", "PY=python3", "CHECKED=1", "RUN=/nonexistent/run", "SRC=pgd", "TGT=nat fgsm",
+                        "BASE=pgd",
                         "DEPTHS=1 b3 12 b20 56", "depth"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cmds = r.stdout.replace("\\\n", " ").splitlines()
@@ -165,7 +169,7 @@ def test_make_depth_trains_each_source_target_as_one_cohort():
     assert evals == {f"pgd-{t}-{u}_s0" for t in ("nat", "fgsm") for u in ("1", "b3", "12", "b20", "56")}
     rep = [x for x in cmds if "report.py" in x]
     assert len(rep) == 1 and "--depth" in rep[0] and "--unfreeze 1 b3 12 b20 56" in rep[0]
-    assert rep[0].rstrip().endswith("--out /nonexistent/run/depth")
+    assert rep[0].rstrip().endswith("--out /nonexistent/run/depth/pgd-nat_fgsm")  # each pair in its own place
 
 
 def test_make_depth_estimate_counts_the_cohort():

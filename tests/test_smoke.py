@@ -43,12 +43,14 @@ def test_make_smoke_builds_every_stage_and_the_report(tmp_path):
             assert "constant-class" not in {f["check"] for f in e["flags"]}, e["ckpt"]
     verdicts = [v.split("**")[0] for v in (rep / "claims.md").read_text().split("**Verdict: ")[1:]]
     assert len(verdicts) == 9 and all(v.startswith("not testable here") or v.endswith(
-        ", 1 seed: the seed spread is the declared one, not measured") for v in verdicts), verdicts
-    # the depth sweep: every depth's row, the figure; b2 trained in the cohort of the sweep's three depths
-    md = (run / "depth" / "depth.md").read_text()
+        ", 1 seed: seed variation not measured") for v in verdicts), verdicts
+    # the depth sweep, in its pair's own folder: every depth's row, the figure; b2 trained alone (1 and 56 are the
+    # grid's, finished: its log claims no cohort)
+    md = (run / "depth" / "pgd-nat" / "depth.md").read_text()
     assert all(f"| `{u}` | {k} |" in md for u, k in (("1", 0), ("b2", 2), ("56", 4))) and "### The paper's" in md
-    assert (run / "depth" / "depth.png").stat().st_size > 10_000
-    assert "cohort of 3" in (run / "transfer" / "pgd-nat-b2_s0.log").read_text()
+    assert (run / "depth" / "pgd-nat" / "depth.png").stat().st_size > 10_000
+    assert "cohort of" not in (run / "transfer" / "pgd-nat-b2_s0.log").read_text()
+    assert not list(run.rglob("*.lock"))  # no lock left by a finished run
     # each model of a cohort logs its own epochs beside its checkpoint
     for p in run.rglob("*_s0.pt"):
         if not p.name.endswith(".last.pt"):
