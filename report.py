@@ -756,15 +756,23 @@ def claims_summary(summary):
 # Figures
 def normalise(m):
     """Per-column min-max over the rows shown, the paper's heatmap scale: 1 = best row, 0 = worst. Missing (NaN)
-    stays NaN; a constant column is all 1 (every row is the best)."""
+    stays NaN, and so does a constant column (one value, or one row): no row is better than another, and colouring
+    it 1 would call every row the best."""
     m = np.asarray(m, float)
     out = np.full_like(m, np.nan)
     for j in range(m.shape[1]):
         ok = ~np.isnan(m[:, j])
         if ok.any():
             lo, hi = m[ok, j].min(), m[ok, j].max()
-            out[ok, j] = 1.0 if hi - lo < 1e-9 else (m[ok, j] - lo) / (hi - lo)
+            if hi - lo > 1e-9:
+                out[ok, j] = (m[ok, j] - lo) / (hi - lo)
     return out
+
+
+def constant(raw):
+    """The columns of raw whose rows shown all hold one value (missing cells aside)."""
+    return [j for j in range(raw.shape[1]) if (~np.isnan(raw[:, j])).any() and np.nanmax(raw[:, j]) -
+            np.nanmin(raw[:, j]) <= 1e-9]
 
 
 def heatmap(ax, blocks, cols, get):
@@ -777,13 +785,15 @@ def heatmap(ax, blocks, cols, get):
         if np.isnan(raw[i, j]):
             ax.add_patch(plt.Rectangle((j - .5, i - .5), 1, 1, fill=False, hatch="///", edgecolor="#b0b0b0", lw=0))
             ax.text(j, i, MISSING, ha="center", va="center", color="#606060", fontsize=9)
-        else:
+        else:  # a constant column's cells are grey (NaN in norm), with black text
             ax.text(j, i, f"{raw[i, j]:.1f}", ha="center", va="center", fontsize=8.5,
                     color="white" if norm[i, j] < 0.55 else "black")
     for y in np.cumsum([len(b) for b in blocks])[:-1]:
         ax.axhline(y - .5, color="white", lw=3)
     for x in [1, 3] + ([5] if len(cols) > 5 else []):  # Clean | BB | WB | stronger evaluation
         ax.axvline(x - .5, color="white", lw=3)
+    for j in constant(raw):  # under the column, so that panels side by side keep their headers level
+        ax.text(j, len(keys) - 0.4, "all equal:\nno best", ha="center", va="top", fontsize=8, color="#505050")
     ax.set_xticks(range(len(cols)), [HEAD[c] for c in cols], fontsize=9)
     ax.set_yticks(range(len(keys)), [name(k, tex=True) for k in keys], fontsize=10)
     ax.xaxis.tick_top()
@@ -806,7 +816,7 @@ def figure(path, panels, cols, get, title="", note=""):
         if sub:
             ax.set_title(sub, fontsize=11, pad=22)
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04 if len(panels) > 1 else 0.06, pad=0.02,
-                 label="normalised per column (1 = best, 0 = worst)")
+                 label="normalised per column\n(1 = best, 0 = worst; grey: all equal)")
     suptitle(fig, title, note)
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -856,8 +866,12 @@ def curves(path, title, panels, g, ref=None, note=""):
 
 def suptitle(fig, title, note):
     """A figure's title, with the run's departure from the paper's protocol under it: a figure read alone (pasted
-    into slides) must not pass for the paper's."""
-    fig.suptitle("\n".join(textwrap.wrap(title, 90) + ([note] if note else [])), fontsize=10)
+    into slides) must not pass for the paper's. Both wrapped to the figure's width, as measured by its renderer."""
+    renderer = fig.canvas.get_renderer()
+    for width in range(max(len(title), len(note), 20), 19, -4):
+        t = fig.suptitle("\n".join(textwrap.wrap(title, width) + textwrap.wrap(note, width)), fontsize=10)
+        if t.get_window_extent(renderer).width <= 0.97 * fig.bbox.width:
+            return
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1044,6 +1058,7 @@ def build(out, evals, run):
             "Heatmaps as in the paper: each column min-max normalised over the rows shown (1 = best, 0 = worst), the "
             "raw accuracy (%) in each cell, white lines between row groups and between Clean | BB | WB"
             + (" | the stronger evaluation (Figure 4 only)" if extra else "") + f"; grey hatched {MISSING} = not run;"
+            " a column whose rows are all equal is grey, marked 'all equal: no best' under it;"
             " several seeds: the mean. Figure 3's rows per strategy: the transfer with the highest test WB-PGD "
             "(ties: clean) among those with FGSM target training and among those with PGD target training; the paper "
             "does not state its rule (\"the best models per each of the 3 transfer learning strategies\", Sec. 3.2), "
