@@ -506,6 +506,7 @@ def summary(folder):
     problems += [f"not captured: {w}" for w in falls] + ["no run recorded its steps"] * (not ran)
     gib = lambda r: f"{r['peak_memory_gib']:.1f} GiB" if r and r.get("peak_memory_gib") is not None else "-"  # noqa
     prov = bench.get("provenance", {})
+    problems += ["no GPU: the benchmark ran on the CPU"] * (prov.get("device") == "cpu")
     lines = [f"==== make gpu-check: {prov.get('device_name', '?')}, torch {prov.get('torch', '?')}, CUDA "
              f"{prov.get('cuda', '?')}" + (f", {c._fmt_time(time.time() - int(start))} in all (budget 5 min)"
                                           if start else "") + " ====",

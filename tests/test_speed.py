@@ -217,6 +217,8 @@ def test_gpu_check_summary(tmp_path, capsys):
         if f.name != "bench.json":
             f.unlink()
     (tmp_path / "tests.log").unlink()
+    write("bench.json", {"provenance": {"device": "cpu", "device_name": "AMD EPYC", "torch": "2.14.1", "cuda": None}})
     assert bench.summary(str(tmp_path)) == 1
     out = capsys.readouterr().out
     assert "captured in every run" not in out and "none recorded" in out and "tests.log missing" in out
+    assert "no GPU: the benchmark ran on the CPU" in out.splitlines()[-1]
