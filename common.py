@@ -11,9 +11,11 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +49,11 @@ def run_main(main, interrupted="interrupted; run the same command again to resum
         die(str(e))
     except KeyboardInterrupt:
         die(interrupted)
+    except OSError as e:  # a full disk outside atomic_save (a log line): one line too; what was saved is kept
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        die(f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") + "; the last saved state is kept: free "
+            "some space and run the same command again")
 
 
 def binomial_se(acc, n):
@@ -118,6 +125,12 @@ def load_split(name, data_dir, train):
     if data_dir == "synthetic":
         return synthetic(name, train)
     npz = os.path.join(data_dir, f"{name}_{'train' if train else 'test'}.npz")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UsageError(f"--data-dir {data_dir} is a file, not a folder; pass the folder holding "
+                         f"{os.path.basename(npz)} (or a torchvision root), or --data-dir synthetic")
+    if not os.path.exists(npz) and os.path.isdir(data_dir) and any(f.endswith(".npz") for f in os.listdir(data_dir)):
+        raise UsageError(f"--data-dir {data_dir} holds .npz files but not {os.path.basename(npz)}; a folder of .npz "
+                         f"files needs cifar10_train/test.npz and cifar100_train/test.npz")
     if os.path.exists(npz):
         try:
             with np.load(npz) as f:
@@ -835,15 +848,31 @@ def set_train_mode(model, freeze_bn=False):
 # Checkpoints: plain self-describing dicts, written atomically (name.tmp, then os.replace).
 
 def atomic_save(obj, path):
+    """Write path.tmp, then rename it over path. When the write fails (a full disk: torch.save raises a RuntimeError,
+    json an OSError) path.tmp is removed and path keeps its last good state: a one-line UsageError. Ctrl-C too
+    leaves no path.tmp."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    if isinstance(obj, (dict, list)) and path.endswith(".json"):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        if isinstance(obj, (dict, list)) and path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1)
+                f.write("\n")
+        else:
+            try:
+                torch.save(obj, tmp)
+            except RuntimeError as e:  # torch's writer hides the OS error ("unexpected pos 704 vs 598")
+                raise OSError(f"torch.save failed: {str(e).splitlines()[0]}") from e
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if not isinstance(e, OSError):
+            raise
+        free = shutil.disk_usage(os.path.dirname(path) or ".").free / 2**20
+        raise UsageError(f"could not write {path} ({e.strerror or e}; {free:,.0f} MiB free on its disk); the partial "
+                         f"file is removed and {os.path.basename(path)} is left as it was (its last saved state); free "
+                         f"some space and run the same command again") from None
 
 
 def check_writable(path, flag="--out"):

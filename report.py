@@ -1377,12 +1377,12 @@ def add_depth_args(p):
     d = p.add_argument_group("depth sweep (make depth)")
     d.add_argument("--depth", action="store_true", help="write depth.md and depth.png instead (default --out "
                    "RUN/depth): accuracy against unfreezing depth for each --src x --tgt, and the paper's reading")
-    d.add_argument("--src", nargs="*", choices=ADV, default=list(ADV), help="sources (with --depth)")
-    d.add_argument("--tgt", nargs="*", choices=ADV, default=list(ADV), help="target trainings (with --depth)")
-    d.add_argument("--unfreeze", nargs="*", default=[], help="depths to show, as '–' when not evaluated, beside "
-                   "every depth the run evaluated (with --depth)")
-    d.add_argument("--margin", type=float, default=DEPTH_MARGIN, help="points below R_src that still count as "
-                   "kept (with --depth; claim 4's 2)")
+    d.add_argument("--src", nargs="*", choices=ADV, help="sources (with --depth; default all three)")
+    d.add_argument("--tgt", nargs="*", choices=ADV, help="target trainings (with --depth; default all three)")
+    d.add_argument("--unfreeze", nargs="*", help="depths to show, as '–' when not evaluated, beside every depth "
+                   "the run evaluated (with --depth)")
+    d.add_argument("--margin", type=float, help=f"points below R_src that still count as kept (with --depth; "
+                   f"default {DEPTH_MARGIN:g}, claim 4's)")
 
 
 def main(argv=None):
@@ -1392,7 +1392,14 @@ def main(argv=None):
                    "atomically, once the new report is complete; other files in it are left alone")
     add_depth_args(p)
     a = p.parse_args(argv)
+    given = [f"--{k}" for k in ("src", "tgt", "unfreeze", "margin") if getattr(a, k) is not None]
+    if given and not a.depth:  # ignored, it would rewrite the run's report instead of a depth sweep's
+        raise UsageError(f"{' '.join(given)} only apply with --depth (make depth); add --depth, or leave "
+                         f"{'it' if len(given) == 1 else 'them'} out for the run's report")
     if a.depth:
+        a.src, a.tgt = a.src or list(ADV), a.tgt or list(ADV)
+        a.unfreeze = a.unfreeze or []
+        a.margin = DEPTH_MARGIN if a.margin is None else a.margin
         return depth_report(a)
     evals = load(a.run)
     out = os.path.abspath(a.out or os.path.join(a.run, "report"))
@@ -1400,7 +1407,8 @@ def main(argv=None):
                                                              or not os.listdir(out))):
         raise UsageError(f"--out {out} exists and is not an earlier report (it has no report.md); pass a new folder "
                          f"or an earlier report's")
-    check_writable(out)  # fails here, before the figures, when it cannot be written
+    for f in (out, os.path.join(out, "report.md")):  # its folder (the new report is built beside it) and itself
+        check_writable(f)  # fails here, before the figures, when it cannot be written
     with output_lock(out):  # a second report.py on the same --out fails at once instead of interleaving
         tmp = tempfile.mkdtemp(prefix=".report-", dir=os.path.dirname(out))
         try:  # built whole first: a failure leaves the old report as it was

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from unittest import mock
 
 import numpy as np
@@ -515,6 +516,35 @@ def test_bad_input_exits_2_and_leaves_report(tmp_path, capsys):
     finally:
         report.figure = old
     assert {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
+    assert not [f for f in os.listdir(run) if f.startswith(".report-")]
+
+
+def test_depth_flags_without_depth_and_an_unwritable_out_fail_before_drawing(tmp_path, capsys, monkeypatch):
+    """--src without --depth would be ignored and the run's report rewritten; an --out folder that cannot be written
+    used to pass the up-front check, draw every figure, then die. Both: one line, nothing drawn or changed."""
+    run = tmp_path / "run"
+    full_run(run, skip=report.ROWS[3:])
+    out = build(run)
+    before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+    drawn = []
+    monkeypatch.setattr(report, "figure", lambda *a, **k: drawn.append(a))
+    code, lines = fails(capsys, "--run", run, "--src", "pgd", "--margin", "1")
+    assert code == 2 and len(lines) == 1 and "--src --margin only apply with --depth" in lines[0], lines
+    os.chmod(out, 0o555)  # an earlier report's folder, now read-only
+    if os.geteuid() == 0:  # root writes anyway: the probe of that folder fails as it would for anyone else
+        real = tempfile.TemporaryFile
+
+        def probe(*a, dir=None, **k):
+            if os.path.abspath(dir) == os.path.abspath(out):
+                raise PermissionError(13, "Permission denied")
+            return real(*a, dir=dir, **k)
+        monkeypatch.setattr(tempfile, "TemporaryFile", probe)
+    try:
+        code, lines = fails(capsys, "--run", run, "--out", out)
+    finally:
+        os.chmod(out, 0o755)
+    assert code == 2 and len(lines) == 1 and f"cannot write into {out}" in lines[0] and "Permission denied" in lines[0]
+    assert not drawn and {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
     assert not [f for f in os.listdir(run) if f.startswith(".report-")]
 
 
