@@ -47,6 +47,8 @@ EPOCHS_TL  ?= 50
 EPOCHS_BB  ?= 200
 # extra flags for every training, e.g. --batch-size 128 --device cuda
 TRAIN_FLAGS ?=
+# extra flags for the CIFAR-100 sources (after TRAIN_FLAGS), e.g. --limit 2000
+SRC_FLAGS   ?=
 # extra flags for the DenseNet121, e.g. --growth 32
 BB_FLAGS    ?=
 # extra flags for every evaluation, e.g. --no-strong --limit 1000
@@ -143,7 +145,7 @@ CHECK_TL = --epochs $(EPOCHS_TL) $(TRAIN_BASE) --init '$(R)/source/cifar100_{src
   --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS)
 CHECK_JOBS = \
   '::ARCH=$(ARCH), SEEDS=$(SEEDS)' train_source.py --dataset cifar100 --epochs $(EPOCHS_SRC) $(TRAIN_BASE) \
-    --out '$(R)/source/cifar100_nat_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS) \
+    --out '$(R)/source/cifar100_nat_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS) ::SRC_FLAGS $(SRC_FLAGS) \
   $(if $(SRC),$(if $(TGT),"::UNFREEZE='$(UNFREEZE)' (ARCH=$(ARCH))" transfer.py --src $(firstword $(SRC)) \
     --tgt $(firstword $(TGT)) --unfreeze $(UNFREEZE) $(CHECK_TL) \
     $(if $(filter depth,$(GOALS)),"::DEPTHS='$(DEPTHS)' (ARCH=$(ARCH))" transfer.py --src $(firstword $(SRC)) \
@@ -213,7 +215,7 @@ tgt_of = $(word 2,$(subst -, ,$(1)))
 TRAIN = $(TRAIN_BASE) $(TRAIN_FLAGS)
 
 $(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py engine.py $(VENV) $(CHECK_FIRST)
-	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
+	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) $(SRC_FLAGS) \
 	  --out '$(R)/source/cifar100_$*_s{seed}.pt'
 
 $(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py $(VENV) $(CHECK_FIRST)
@@ -277,13 +279,16 @@ status:
 
 # ---- smoke, tests, benchmark -------------------------------------------------------------------------------
 # The same DAG on built-in synthetic data with tiny settings, in its own output tree, on CPU. Tuned so that no model
-# is a constant-class predictor (evaluate.py flags one, and a flagged row decides no claim): batch 25 and 2 epochs
-# give every model 30 steps; adversarial training at eps 2/256 with PGD-3 (evaluation stays at eps 8, PGD-7),
-# since a PGD source at eps 8 on 380 images of 100 classes learns near-constant features whose transfers predict
-# one class; a growth-4 DenseNet121 learns (58% clean) in the time a growth-12 one stayed at chance.
+# is a constant-class predictor (evaluate.py flags one, and a flagged row decides no claim) and no CIFAR-100 source
+# is at chance (its transfers would start from nothing): batch 25 and 2 epochs; 400 images (32 steps) for the
+# CIFAR-10 models, 2,000 for the sources (152 steps; 400 images are 4 per class of 100, and a source trained on them
+# stays at chance); adversarial training at eps 2/256 with PGD-3 (evaluation stays at eps 8, PGD-7), since a PGD
+# source at eps 8 learns near-constant features whose transfers predict one class; a growth-4 DenseNet121 learns
+# in the time a growth-12 one stayed at chance.
 SMOKE = RUN=$(SMOKE_RUN) DATA=synthetic ARCH=resnet8 EPOCHS_SRC=2 EPOCHS_TL=2 EPOCHS_BB=2 SEEDS=0 \
   SRC='nat fgsm pgd' TGT='nat fgsm pgd' UNFREEZE='1 12 56' BASE='nat fgsm pgd' LAUNCH='$(SMOKE_LAUNCH)' \
-  TRAIN_FLAGS='--limit 400 --batch-size 25 --eps 2 --steps 3 --device cpu' BB_FLAGS='--growth 4 --limit 400' \
+  TRAIN_FLAGS='--limit 400 --batch-size 25 --eps 2 --steps 3 --device cpu' SRC_FLAGS='--limit 2000' \
+  BB_FLAGS='--growth 4 --limit 400' \
   EVAL_FLAGS='--limit 50 --strong-steps 5 --restarts 2 --curve-eps 0 8 32 --device cpu'
 # the smoke's job prefix (empty: local); test-slurm sets it to an srun job step
 SMOKE_LAUNCH ?=

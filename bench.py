@@ -68,8 +68,14 @@ def get_args(argv=None):
     p.add_argument("--out", default="runs/bench.json", help="JSON results")
     p.add_argument("--summary", metavar="DIR", help="print the summary block of `make gpu-check` from DIR and exit")
     a = p.parse_args(argv)
-    if a.summary:
+    if a.summary is not None:
         return a
+    for flag, v, lo in (("--batch-size", a.batch_size, 1), ("--repeats", a.repeats, 1), ("--iters", a.iters, 1),
+                        ("--threads", a.threads, 1), ("--growth", a.growth, 1), ("--workers", a.workers, 0),
+                        ("--peak-tflops", a.peak_tflops, 1e-9), *(("--cohorts", k, 2) for k in a.cohorts or ())):
+        if v is not None and not v >= lo:  # NaN too
+            raise c.UsageError(f"{flag} {v:g}: must be " + ("a positive number of TFLOP/s (or left out: by device name)"
+                                                           if flag == "--peak-tflops" else f"at least {lo}"))
     a.device = engine.pick_device(a.device)
     cpu = not a.device.startswith("cuda")
     a.repeats = a.repeats or (1 if a.quick else 3 if cpu else 5)
@@ -340,6 +346,28 @@ def depth_estimate(rows, arch, seeds=1, depths=c.DEPTH_SWEEP):
                                             "unfreeze": depths, "blackbox": False})["total_h"] for t in c.ADV}
 
 
+def print_estimates(a, name, est, dep):
+    """The hours of `make all` and `make depth` the rates imply; none after --quick (one timing of one step per row:
+    two identical runs gave 152 h and 2,827 h), and a warning for another ResNet than the paper's."""
+    if a.quick:
+        print("\n--quick is a smoke test of the benchmark, not a measurement (one timing of one step per row): no "
+              "`make all` estimate is printed; drop --quick for one")
+        return
+    make = "make" + ("" if a.arch == "resnet56" else f" ARCH={a.arch}")
+    print(f"\n`{make} all` on one {name}, from these rates (the Makefile's jobs: sources and baselines one model "
+          f"each, transfers cohorts of 3, members counted at full cost):")
+    if a.arch != "resnet56":
+        print(f"  WARNING: {a.arch} rates: the hours of `{make} all`, not of the paper's `make all` (ResNet56); "
+              f"bench.py --arch resnet56 estimates that")
+    for k, h in est["stages_h"].items():
+        print(f"  {k:24s} {est['jobs'][k]:3d} jobs {h:10.2f} h")
+    print(f"  {'total, one device':33s} {est['total_h']:10.2f} h  (jobs sharing a GPU time-slice it: the sum)")
+    print(f"  {'critical path of the DAG':33s} {est['critical_path_h']:10.2f} h  (a GPU per job)")
+    print(f"`{make} depth SRC=... TGT=...` ({len(c.DEPTH_SWEEP)} depths: {' '.join(map(str, c.DEPTH_SWEEP))}; one "
+          f"cohort, members at full cost) per target training, beyond `{make} all`'s sources, baselines and DenseNet:")
+    print("  " + ", ".join(f"TGT={t}: {h:.2f} h" for t, h in dep.items()))
+
+
 def pct(v):
     return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -402,14 +430,12 @@ def cpu_name():
 
 def main(argv=None):
     a = get_args(argv)
-    if a.summary:
+    if a.summary is not None:
         sys.exit(summary(a.summary))
     t0 = time.time()
-    if a.batch_size < 1 or a.repeats < 1 or a.iters < 1 or any(k < 2 for k in a.cohorts):
-        raise c.UsageError("--batch-size, --repeats and --iters must be positive, --cohorts sizes at least 2")
     engine.check_writable(a.out)
     dev, cuda = a.device, a.device.startswith("cuda")
-    if a.threads:
+    if a.threads is not None:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(a.flush_denormal)
     name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
@@ -433,17 +459,8 @@ def main(argv=None):
     rows = {}
     for arch, advs in archs.items():
         rows.update(bench_arch(a, arch, advs, x, y, flops, peak))
-    est = estimate(rows, a.arch)
-    print(f"\n`make all` on one {name}, from these rates (the Makefile's jobs: sources and baselines one model each, "
-          f"transfers cohorts of 3, members counted at full cost):")
-    for k, h in est["stages_h"].items():
-        print(f"  {k:24s} {est['jobs'][k]:3d} jobs {h:10.2f} h")
-    print(f"  {'total, one device':33s} {est['total_h']:10.2f} h  (jobs sharing a GPU time-slice it: the sum)")
-    print(f"  {'critical path of the DAG':33s} {est['critical_path_h']:10.2f} h  (a GPU per job)")
-    dep = depth_estimate(rows, a.arch)
-    print(f"`make depth SRC=... TGT=...` ({len(c.DEPTH_SWEEP)} depths: {' '.join(map(str, c.DEPTH_SWEEP))}; one "
-          f"cohort, members at full cost) per target training, beyond `make all`'s sources, baselines and DenseNet:")
-    print("  " + ", ".join(f"TGT={t}: {h:.2f} h" for t, h in dep.items()))
+    est, dep = estimate(rows, a.arch), depth_estimate(rows, a.arch)
+    print_estimates(a, name, est, dep)
     check = self_check(a, a.arch, x, y, est) if cuda else None
     prov["loadavg_after"] = os.getloadavg()
     result = {"args": vars(a), "provenance": prov, "peak_tflops": peak, "flops_fwd_per_image": flops, "rows": rows,
@@ -456,14 +473,27 @@ def main(argv=None):
 
 def summary(folder):
     """`make gpu-check`'s summary block from what its parts wrote in folder; exit status 1 if a test failed, a part
-    is missing or a capture fell back."""
+    is missing or a capture fell back; one line (UsageError) when folder holds none of them."""
+    parts = ("start", "tests.log", "bench.json", "resnet56.json", "densenet121.json", "resnet56-bf16.eval.json",
+             "resnet56-fp32.eval.json", "densenet121.eval.json")
+    if not os.path.isdir(folder):
+        raise c.UsageError(f"--summary {folder}: {'not a folder' if os.path.exists(folder) else 'no such folder'}; "
+                           f"pass the folder `make gpu-check` wrote (CHECK_RUN, default runs/gpu-check)")
+    if not any(os.path.exists(os.path.join(folder, n)) for n in parts):
+        raise c.UsageError(f"--summary {folder}: none of `make gpu-check`'s outputs are there; run `make gpu-check` "
+                           f"on a CUDA machine first")
+
     def read(name):
         path = os.path.join(folder, name)
         if not os.path.exists(path):
             problems.append(f"{name} missing (its part failed: see above)")
-            return {}
-        with open(path) as f:
-            return json.load(f) if name.endswith(".json") else f.read()
+            return {} if name.endswith(".json") else ""
+        try:
+            with open(path) as f:
+                return json.load(f) if name.endswith(".json") else f.read()
+        except (OSError, ValueError) as e:
+            problems.append(f"{name} unreadable ({type(e).__name__})")
+            return {} if name.endswith(".json") else ""
     problems = []
     start = read("start")
     tests = (read("tests.log").strip().splitlines() or ["no test output"])[-1].strip("= ")
@@ -474,9 +504,10 @@ def summary(folder):
     evals = {n: read(n + ".eval.json") for n in ("resnet56-bf16", "resnet56-fp32", "densenet121")}
     ran = [r for x in runs.values() for r in x.get("steps_ran", [])] + [e["steps_ran"] for e in evals.values() if e]
     falls = sorted({r["why"] for r in ran if r["steps"] != "captured"} | ({bench.get("fallback")} - {None}))
-    problems += [f"not captured: {w}" for w in falls]
+    problems += [f"not captured: {w}" for w in falls] + ["no run recorded its steps"] * (not ran)
     gib = lambda r: f"{r['peak_memory_gib']:.1f} GiB" if r and r.get("peak_memory_gib") is not None else "-"  # noqa
     prov = bench.get("provenance", {})
+    problems += ["no GPU: the benchmark ran on the CPU"] * (prov.get("device") == "cpu")
     lines = [f"==== make gpu-check: {prov.get('device_name', '?')}, torch {prov.get('torch', '?')}, CUDA "
              f"{prov.get('cuda', '?')}" + (f", {engine._fmt_time(time.time() - int(start))} in all (budget 5 min)"
                                           if start else "") + " ====",
@@ -489,7 +520,8 @@ def summary(folder):
                 f"{k} {v:,.0f}" for k, v in r.items()) + (f" (captured {r['captured'] / r['eager']:.1f}x eager)"
                                                           if "captured" in r else ""))
     lines.append("steps          " + ("EAGER: " + "; ".join(falls) if falls else
-                                      f"captured in every run (training, cohorts, evaluation: {len(ran)} records)"))
+                                      f"captured in every run (training, cohorts, evaluation: {len(ran)} records)"
+                                      if ran else "none recorded: no training or evaluation of the check finished"))
     est = bench.get("make_all")
     if est:
         lines.append(f"make all       {est['total_h']:.1f} h on this GPU, critical path {est['critical_path_h']:.1f} h"
@@ -526,4 +558,5 @@ def summary(folder):
 
 
 if __name__ == "__main__":
-    engine.run_main(main)
+    engine.run_main(main, "interrupted: the benchmark stopped before the end and wrote nothing (its --out is written "
+                     "once every row is timed); run it again to time them all")

@@ -94,6 +94,12 @@ def load_split(name, data_dir, train):
     if data_dir == "synthetic":
         return synthetic(name, train)
     npz = os.path.join(data_dir, f"{name}_{'train' if train else 'test'}.npz")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UsageError(f"--data-dir {data_dir} is a file, not a folder; pass the folder holding "
+                         f"{os.path.basename(npz)} (or a torchvision root), or --data-dir synthetic")
+    if not os.path.exists(npz) and os.path.isdir(data_dir) and any(f.endswith(".npz") for f in os.listdir(data_dir)):
+        raise UsageError(f"--data-dir {data_dir} holds .npz files but not {os.path.basename(npz)}; a folder of .npz "
+                         f"files needs cifar10_train/test.npz and cifar100_train/test.npz")
     if os.path.exists(npz):
         try:
             with np.load(npz) as f:

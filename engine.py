@@ -10,9 +10,11 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +42,11 @@ def run_main(main, interrupted="interrupted; run the same command again to resum
         die(str(e))
     except KeyboardInterrupt:
         die(interrupted)
+    except OSError as e:  # a full disk outside atomic_save (a log line): one line too; what was saved is kept
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        die(f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") + "; the last saved state is kept: free "
+            "some space and run the same command again")
 
 
 
@@ -368,15 +375,31 @@ def make_step(models, opts, adv, eps=c.EPS, steps=7, random_start=False, label_f
 # Checkpoints: plain self-describing dicts, written atomically (name.tmp, then os.replace).
 
 def atomic_save(obj, path):
+    """Write obj to path.tmp (a str as text, a dict or list to .json as JSON, else torch.save), then rename it over
+    path. When the write fails (a full disk: torch.save raises a RuntimeError,
+    json an OSError) path.tmp is removed and path keeps its last good state: a one-line UsageError. Ctrl-C too
+    leaves no path.tmp."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    if isinstance(obj, (dict, list)) and path.endswith(".json"):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        if isinstance(obj, str) or isinstance(obj, (dict, list)) and path.endswith(".json"):
+            with open(tmp, "w") as f:
+                f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=1) + "\n")
+        else:
+            try:
+                torch.save(obj, tmp)
+            except RuntimeError as e:  # torch's writer hides the OS error ("unexpected pos 704 vs 598")
+                raise OSError(f"torch.save failed: {str(e).splitlines()[0]}") from e
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if not isinstance(e, OSError):
+            raise
+        free = shutil.disk_usage(os.path.dirname(path) or ".").free / 2**20
+        raise c.UsageError(f"could not write {path} ({e.strerror or e}; {free:,.0f} MiB free on its disk); the "
+                           f"partial file is removed and {os.path.basename(path)} is left as it was (its last saved "
+                           f"state); free some space and run the same command again") from None
 
 
 def check_writable(path, flag="--out"):
@@ -653,10 +676,8 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         atomic_save({**m["info"], "args": m["args"], "epoch": epoch + 1, "model": net.state_dict(),
                      "optimizer": m["opt"].state_dict(), "best": m["best"], "rows": m["rows"]},
                     m["out"][:-3] + ".last.pt")
-        log = m["out"][:-3] + ".jsonl"
-        with open(log + ".tmp", "w") as f:  # rewritten whole each epoch: a resumed log has no duplicates
-            f.writelines(json.dumps(r) + "\n" for r in m["rows"])
-        os.replace(log + ".tmp", log)
+        # rewritten whole each epoch: a resumed log has no duplicates
+        atomic_save("".join(json.dumps(r) + "\n" for r in m["rows"]), m["out"][:-3] + ".jsonl")
         adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
         vadv_txt = "" if adv == "nat" else f" {val_attack} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
         left = (epochs - epoch - 1) * (spent[0] + time.time() - t0) / (epoch + 1 - first)

@@ -342,10 +342,14 @@ def main(argv=None):
         raise c.UsageError(f"{a.ckpt} has {ck['num_classes']} classes but the {dataset} test set has "
                            f"{c.NUM_CLASSES[dataset]}; evaluate it on "
                            f"{'cifar100' if ck['num_classes'] == 100 else 'cifar10'}")
+    if a.blackbox and (dataset != "cifar10" or role == "blackbox"):  # refused, not silently dropped
+        raise c.UsageError(f"--blackbox: {a.ckpt} is " + ("the DenseNet121 the examples are crafted on"
+                                                          if role == "blackbox" else f"a {dataset} model")
+                           + "; the black-box columns are for the other CIFAR-10 models: leave --blackbox out")
     model = c.model_from_checkpoint(ck, device, a.ckpt)
     x, y = load_test(dataset, a)
     bb = None
-    if a.blackbox and dataset == "cifar10" and role != "blackbox":
+    if a.blackbox:
         bb = load_blackbox(a.blackbox, y, a, x)
     with engine.output_lock(a.out), engine.capturing(a.capture), c.precision(a.precision):
         evaluate(a, ck, model, x, y, bb, dataset, device)

@@ -882,15 +882,23 @@ def claims_summary(summary):
 # Figures
 def normalise(m):
     """Per-column min-max over the rows shown, the paper's heatmap scale: 1 = best row, 0 = worst. Missing (NaN)
-    stays NaN; a constant column is all 1 (every row is the best)."""
+    stays NaN, and so does a constant column (one value, or one row): no row is better than another, and colouring
+    it 1 would call every row the best."""
     m = np.asarray(m, float)
     out = np.full_like(m, np.nan)
     for j in range(m.shape[1]):
         ok = ~np.isnan(m[:, j])
         if ok.any():
             lo, hi = m[ok, j].min(), m[ok, j].max()
-            out[ok, j] = 1.0 if hi - lo < 1e-9 else (m[ok, j] - lo) / (hi - lo)
+            if hi - lo > 1e-9:
+                out[ok, j] = (m[ok, j] - lo) / (hi - lo)
     return out
+
+
+def constant(raw):
+    """The columns of raw whose rows shown all hold one value (missing cells aside)."""
+    return [j for j in range(raw.shape[1]) if (~np.isnan(raw[:, j])).any() and np.nanmax(raw[:, j]) -
+            np.nanmin(raw[:, j]) <= 1e-9]
 
 
 def heatmap(ax, blocks, cols, get):
@@ -903,13 +911,15 @@ def heatmap(ax, blocks, cols, get):
         if np.isnan(raw[i, j]):
             ax.add_patch(plt.Rectangle((j - .5, i - .5), 1, 1, fill=False, hatch="///", edgecolor="#b0b0b0", lw=0))
             ax.text(j, i, MISSING, ha="center", va="center", color="#606060", fontsize=9)
-        else:
+        else:  # a constant column's cells are grey (NaN in norm), with black text
             ax.text(j, i, f"{raw[i, j]:.1f}", ha="center", va="center", fontsize=8.5,
                     color="white" if norm[i, j] < 0.55 else "black")
     for y in np.cumsum([len(b) for b in blocks])[:-1]:
         ax.axhline(y - .5, color="white", lw=3)
     for x in [1, 3] + ([5] if len(cols) > 5 else []):  # Clean | BB | WB | stronger evaluation
         ax.axvline(x - .5, color="white", lw=3)
+    for j in constant(raw):  # under the column, so that panels side by side keep their headers level
+        ax.text(j, len(keys) - 0.4, "all equal:\nno best", ha="center", va="top", fontsize=8, color="#505050")
     ax.set_xticks(range(len(cols)), [HEAD[c] for c in cols], fontsize=9)
     ax.set_yticks(range(len(keys)), [name(k, tex=True) for k in keys], fontsize=10)
     ax.xaxis.tick_top()
@@ -932,7 +942,7 @@ def figure(path, panels, cols, get, title="", note=""):
         if sub:
             ax.set_title(sub, fontsize=11, pad=22)
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04 if len(panels) > 1 else 0.06, pad=0.02,
-                 label="normalised per column (1 = best, 0 = worst)")
+                 label="normalised per column\n(1 = best, 0 = worst; grey: all equal)")
     suptitle(fig, title, note)
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -982,8 +992,12 @@ def curves(path, title, panels, g, ref=None, note=""):
 
 def suptitle(fig, title, note):
     """A figure's title, with the run's departure from the paper's protocol under it: a figure read alone (pasted
-    into slides) must not pass for the paper's."""
-    fig.suptitle("\n".join(textwrap.wrap(title, 90) + ([note] if note else [])), fontsize=10)
+    into slides) must not pass for the paper's. Both wrapped to the figure's width, as measured by its renderer."""
+    renderer = fig.canvas.get_renderer()
+    for width in range(max(len(title), len(note), 20), 19, -4):
+        t = fig.suptitle("\n".join(textwrap.wrap(title, width) + textwrap.wrap(note, width)), fontsize=10)
+        if t.get_window_extent(renderer).width <= 0.97 * fig.bbox.width:
+            return
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1176,6 +1190,7 @@ def build(out, evals, run, seed_sd=SEED_SD):
             "Heatmaps as in the paper: each column min-max normalised over the rows shown (1 = best, 0 = worst), the "
             "raw accuracy (%) in each cell, white lines between row groups and between Clean | BB | WB"
             + (" | the stronger evaluation (Figure 4 only)" if extra else "") + f"; grey hatched {MISSING} = not run;"
+            " a column whose rows are all equal is grey, marked 'all equal: no best' under it;"
             " several seeds: the mean. Figure 3's rows per strategy: the transfer with the highest test WB-PGD "
             "(ties: clean) among those with FGSM target training and among those with PGD target training, a row "
             "whose WB-PGD or clean number a flag voids never chosen; the paper "
@@ -1498,12 +1513,12 @@ def add_depth_args(p):
     d = p.add_argument_group("depth sweep (make depth)")
     d.add_argument("--depth", action="store_true", help="write depth.md and depth.png instead (default --out "
                    "RUN/depth): accuracy against unfreezing depth for each --src x --tgt, and the paper's reading")
-    d.add_argument("--src", nargs="*", choices=ADV, default=list(ADV), help="sources (with --depth)")
-    d.add_argument("--tgt", nargs="*", choices=ADV, default=list(ADV), help="target trainings (with --depth)")
-    d.add_argument("--unfreeze", nargs="*", default=[], help="depths to show, as '–' when not evaluated, beside "
-                   "every depth the run evaluated (with --depth)")
-    d.add_argument("--margin", type=float, default=DEPTH_MARGIN, help="points below R_src that still count as "
-                   "kept (with --depth; claim 4's 2)")
+    d.add_argument("--src", nargs="*", choices=ADV, help="sources (with --depth; default all three)")
+    d.add_argument("--tgt", nargs="*", choices=ADV, help="target trainings (with --depth; default all three)")
+    d.add_argument("--unfreeze", nargs="*", help="depths to show, as '–' when not evaluated, beside every depth "
+                   "the run evaluated (with --depth)")
+    d.add_argument("--margin", type=float, help=f"points below R_src that still count as kept (with --depth; "
+                   f"default {DEPTH_MARGIN:g}, claim 4's)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1587,11 +1602,18 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not (a.seed_sd >= 0 and math.isfinite(a.seed_sd)) or a.runs < 1:
         raise UsageError(f"--seed-sd must be a non-negative number of points (got {a.seed_sd:g}) and --runs positive")
+    given = [f"--{k}" for k in ("src", "tgt", "unfreeze", "margin") if getattr(a, k) is not None]
+    if given and not a.depth:  # ignored, it would rewrite the run's report instead of a depth sweep's
+        raise UsageError(f"{' '.join(given)} only apply with --depth (make depth); add --depth, or leave "
+                         f"{'it' if len(given) == 1 else 'them'} out for the run's report")
     if a.calibrate:
         return print(calibration_table(a.runs, a.seed_sd))
     if not a.run:
         raise UsageError("give --run RUN (the folder of the evaluations), or --calibrate")
     if a.depth:
+        a.src, a.tgt = a.src or list(ADV), a.tgt or list(ADV)
+        a.unfreeze = a.unfreeze or []
+        a.margin = DEPTH_MARGIN if a.margin is None else a.margin
         return depth_report(a)
     evals = load(a.run)
     out = os.path.abspath(a.out or os.path.join(a.run, "report"))
@@ -1599,7 +1621,8 @@ def main(argv=None):
                                                              or not os.listdir(out))):
         raise UsageError(f"--out {out} exists and is not an earlier report (it has no report.md); pass a new folder "
                          f"or an earlier report's")
-    check_writable(out)  # fails here, before the figures, when it cannot be written
+    for f in (out, os.path.join(out, "report.md")):  # its folder (the new report is built beside it) and itself
+        check_writable(f)  # fails here, before the figures, when it cannot be written
     with output_lock(out):  # a second report.py on the same --out fails at once instead of interleaving
         tmp = tempfile.mkdtemp(prefix=".report-", dir=os.path.dirname(out))
         try:  # built whole first: a failure leaves the old report as it was

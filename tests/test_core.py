@@ -2,6 +2,8 @@
 mapping), the attacks against analytic answers, freezing, the mixed loss, the label-leaking fix and the data.
 All on the CPU in a few seconds."""
 import copy
+import json
+import os
 
 import numpy as np
 import pytest
@@ -454,6 +456,48 @@ def test_bad_npz_is_a_usage_error_naming_the_file(tmp_path, case):
         c.load_split("cifar10", str(tmp_path), train=True)
     assert str(path) in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_full_disk_keeps_the_last_good_file_and_leaves_no_tmp(tmp_path, capsys):
+    """atomic_save's temporary file on a full disk (/dev/full: every write fails with ENOSPC): one line, the old
+    file intact, no .tmp left; a full disk anywhere else is one line from run_main too."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs Linux's /dev/full")
+    out = tmp_path / "x.json"
+    engine.atomic_save({"good": 1}, str(out))
+    os.symlink("/dev/full", str(out) + ".tmp")
+    with pytest.raises(c.UsageError) as e:
+        engine.atomic_save({"good": 2, "pad": "x" * 100_000}, str(out))
+    msg = str(e.value)
+    assert "\n" not in msg and str(out) in msg and "No space left on device" in msg and "free some space" in msg
+    assert json.loads(out.read_text()) == {"good": 1} and os.listdir(tmp_path) == ["x.json"]
+
+    def log_line():
+        with open("/dev/full", "w") as f:
+            f.write("x" * 100_000)
+    with pytest.raises(SystemExit) as e:
+        engine.run_main(log_line)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "No space left on device" in err[0] and "free some" in err[0]
+
+
+@pytest.mark.parametrize("folder", ["a file", "npz files but not this one"])
+def test_data_dir_names_the_real_cause(tmp_path, folder):
+    """Not "could not be downloaded ... connect to the internet" when the folder is a file, or a folder of .npz files
+    lacks the one asked for."""
+    if folder == "a file":
+        d = tmp_path / "data.npz"
+        d.write_bytes(b"not a folder")
+        want = "is a file, not a folder"
+    else:
+        d = tmp_path
+        x, y = c.synthetic("cifar10", False, n=20)
+        for n in ("cifar10_train", "cifar10_test", "cifar100_train"):
+            write_npz(d, n, x.permute(0, 2, 3, 1).numpy(), y.numpy())
+        want = "not cifar100_test.npz"
+    with pytest.raises(c.UsageError) as e:
+        c.load_split("cifar100", str(d), train=False)
+    assert want in str(e.value) and "internet" not in str(e.value)
 
 
 def test_unknown_dataset_is_a_usage_error():

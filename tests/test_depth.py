@@ -20,7 +20,7 @@ import engine
 import report
 import transfer
 from test_cohort import assert_same_run, load_run
-from test_report import paper_train
+from test_report import drawn_texts, outside, paper_train
 from test_scripts import check_one_line_error, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,6 +265,14 @@ def test_depth_report_rows_figure_and_reading(tmp_path):
     # the main report reads a run holding depth-sweep transfers: Table 1 rows as before
     report.main(["--run", str(tmp_path)])
     assert "R_{pgd->nat} 12" in (tmp_path / "report" / "table1.md").read_text()
+
+
+def test_depth_figure_text_stays_on_its_canvas(tmp_path):
+    sweep_run(tmp_path, seeds=(0, 1))
+    with drawn_texts() as seen:
+        report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat", "--unfreeze", "1", "b3", "b6",
+                     "12", "b18", "56"])
+    assert {f for f, *_ in seen} == {"depth.png.tmp"} and not outside(seen), outside(seen)
 
 
 def test_depth_report_with_seeds_and_bad_input(tmp_path, capsys):

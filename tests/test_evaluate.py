@@ -609,10 +609,9 @@ def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
     assert 3 <= sum(rs for _, _, rs in calls) <= 3 * 3  # up to 3 restarts in each of the 3 batches
 
 
-def test_cifar100_source_has_no_blackbox_columns(tiny_source, examples, tmp_path):
-    out = tmp_path / "source.eval.json"
-    evaluate.main(["--ckpt", str(tiny_source), "--blackbox", str(examples), "--out", str(out), "--limit", "20",
-                   "--no-strong", "--no-curve", *SYN])
+def test_cifar100_source_has_no_blackbox_columns(tiny_source, tmp_path):
+    out = tmp_path / "source.eval.json"  # --blackbox on it is refused (BAD)
+    evaluate.main(["--ckpt", str(tiny_source), "--out", str(out), "--limit", "20", "--no-strong", "--no-curve", *SYN])
     with open(out) as f:
         r = json.load(f)
     assert r["role"] == "source" and r["dataset"] == "cifar100" and r["n_test"] == 20
@@ -725,6 +724,11 @@ BAD = {  # name: (arguments, a piece of the message); CKPT/BB/... are filled in 
     "black-box file that is a checkpoint": (["--ckpt", "BASELINE", "--blackbox", "BASELINE"],
                                             "not a black-box examples file"),
     "missing black-box file": (["--ckpt", "BASELINE", "--blackbox", "MISSING"], "do not exist"),
+    "--blackbox on a CIFAR-100 source": (["--ckpt", "SOURCE", "--blackbox", "BB"], "a cifar100 model"),
+    "--blackbox on the DenseNet": (["--ckpt", "DENSENET", "--blackbox", "BB"], "crafted on"),
+    "--data-dir of .npz files without cifar100_test.npz": (["--ckpt", "SOURCE", "--data-dir", "OTHERDIR"],
+                                                           "not cifar100_test.npz"),
+    "--data-dir that is a file": (["--ckpt", "BASELINE", "--data-dir", "GARBAGE"], "is a file, not a folder"),
     "--craft-from a 100-class model": (["--craft-from", "SOURCE", "--out", "WORK/examples.pt"], "100 classes"),
     "--craft-from into a .json": (["--craft-from", "DENSENET", "--out", "WORK/examples.json"], "--out"),
     "negative --eps": (["--ckpt", "BASELINE", "--eps", "-8"], "--eps"),

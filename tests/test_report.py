@@ -5,12 +5,15 @@ training scripts trained.
     .venv/bin/python -m pytest tests/test_report.py
 """
 import base64
+import contextlib
 import csv
 import json
 import math
 import os
 import subprocess
 import sys
+import tempfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -20,6 +23,8 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import engine  # noqa: E402
 import report  # noqa: E402
+import matplotlib.figure  # noqa: E402  (report chose the backend)
+import matplotlib.text  # noqa: E402
 
 CURVE_EPS = [0, 1, 2, 4, 8, 16, 32]
 
@@ -166,7 +171,7 @@ def test_normalise():
     m = np.array([[10.0, 5.0, 7.0], [30.0, 5.0, np.nan], [20.0, 5.0, 3.0]])
     n = report.normalise(m)
     assert n[:, 0].tolist() == [0.0, 1.0, 0.5]
-    assert n[:, 1].tolist() == [1.0, 1.0, 1.0]  # constant column: all best, no NaN
+    assert np.isnan(n[:, 1]).all()  # constant column: no row is best (drawn grey, marked "all equal")
     assert n[0, 2] == 1.0 and n[2, 2] == 0.0 and np.isnan(n[1, 2])
     assert np.isnan(report.normalise(np.array([[np.nan], [np.nan]]))).all()
 
@@ -472,6 +477,67 @@ def test_figure_3_never_picks_a_flagged_row(tmp_path):
     assert "are not candidates (R_{pgd->pgd} 56)" in read(build(tmp_path), "report.md")
 
 
+@contextlib.contextmanager
+def drawn_texts():
+    """Every non-empty text matplotlib draws meanwhile: [(figure file, text, extent, canvas width, height)], in
+    pixels of the canvas it is drawn on (Agg, at the file's dpi)."""
+    seen, where = [], [None]
+    draw, save = matplotlib.text.Text.draw, matplotlib.figure.Figure.savefig
+
+    def text_draw(self, renderer):
+        draw(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            seen.append((where[0], self.get_text(), self.get_window_extent(renderer), renderer.width,
+                         renderer.height))
+
+    def savefig(self, path, *a, **k):
+        where[0] = os.path.basename(str(path))
+        return save(self, path, *a, **k)
+    with mock.patch.object(matplotlib.text.Text, "draw", text_draw), \
+            mock.patch.object(matplotlib.figure.Figure, "savefig", savefig):
+        yield seen
+
+
+def outside(seen):
+    """The texts that do not lie wholly on their canvas (one pixel of slack)."""
+    return [(f, t, tuple(np.round(bb.extents)), (w, h)) for f, t, bb, w, h in seen
+            if bb.x0 < -1 or bb.y0 < -1 or bb.x1 > w + 1 or bb.y1 > h + 1]
+
+
+def test_every_figure_text_stays_on_its_canvas(tmp_path):
+    """A smoke-sized run (the long banner of departures on every figure) with WB-PGD 0.0 in every row: each text of
+    every figure (titles, banner, labels, ticks, cells, legends) lies inside its canvas."""
+    tiny = {"arch": "resnet8", "epochs": 2, "n_train": 380, "n_val": 20, "batch_size": 25, "limit": 400,
+            "data_dir": "synthetic"}
+    for k in report.ROWS:
+        write_eval(tmp_path, k, {**paper_acc(k), "wb_pgd": 0.0, "wb_strong": 0.0, "worst": 0.0}, n_test=50,
+                   train={**tiny, "epochs": 1 if "-" in k else 2})
+    for k, (c, f, p) in report.PAPER_SRC.items():
+        write_eval(tmp_path, k, {"clean": c, "wb_fgsm": f, "wb_pgd": p}, role="source", train=tiny)
+    with drawn_texts() as seen:
+        out = build(tmp_path)
+    files = {f for f, *_ in seen}
+    assert files >= {f + ".png" for f in ("fig2", "fig3", "fig4", "fig5", "curves_baselines", "training")}, files
+    assert not outside(seen), outside(seen)
+    banner = [t for f, t, *_ in seen if f == "fig2.png" and "NOT THE PAPER'S PROTOCOL" in t]
+    assert banner and "\n" in banner[0]  # wrapped, not cut off at both sides
+    assert "![](fig2.png)" in read(out, "report.md")
+
+
+def test_a_constant_column_is_grey_and_labelled_not_best():
+    """WB-PGD 0.0 in every row (as the smoke's fig2 and fig5's FGSM panel): no row is best; its cells take the
+    neutral colour and a label under it says so; the other columns keep the scale."""
+    vals = {"a": {"clean": 50.0, "wb_pgd": 0.0}, "b": {"clean": 70.0, "wb_pgd": 0.0}, "c": {"clean": 60.0}}
+    get = lambda k, col: (vals[k][col], 0.0, 1) if col in vals[k] else None  # noqa: E731
+    fig, ax = report.plt.subplots()
+    im = report.heatmap(ax, [["a", "b", "c"]], ["clean", "wb_pgd"], get)
+    norm = im.get_array()
+    assert norm[:, 1].mask.all() and norm[:, 0].tolist() == [0.0, 1.0, 0.5]  # grey, not yellow
+    assert [(t.get_position()[0], t.get_text()) for t in ax.texts if "all equal" in t.get_text()] == \
+        [(1, "all equal:\nno best")]
+    report.plt.close(fig)
+
+
 def test_partial_run_skips_empty_figures(tmp_path):
     write_eval(tmp_path, "nat-pgd-12", paper_acc("nat-pgd-12", extra=False), curve=False)
     write_eval(tmp_path, "pgd-pgd-12", paper_acc("pgd-pgd-12", extra=False), curve=False)
@@ -536,6 +602,35 @@ def test_bad_input_exits_2_and_leaves_report(tmp_path, capsys):
     finally:
         report.figure = old
     assert {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
+    assert not [f for f in os.listdir(run) if f.startswith(".report-")]
+
+
+def test_depth_flags_without_depth_and_an_unwritable_out_fail_before_drawing(tmp_path, capsys, monkeypatch):
+    """--src without --depth would be ignored and the run's report rewritten; an --out folder that cannot be written
+    used to pass the up-front check, draw every figure, then die. Both: one line, nothing drawn or changed."""
+    run = tmp_path / "run"
+    full_run(run, skip=report.ROWS[3:])
+    out = build(run)
+    before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+    drawn = []
+    monkeypatch.setattr(report, "figure", lambda *a, **k: drawn.append(a))
+    code, lines = fails(capsys, "--run", run, "--src", "pgd", "--margin", "1")
+    assert code == 2 and len(lines) == 1 and "--src --margin only apply with --depth" in lines[0], lines
+    os.chmod(out, 0o555)  # an earlier report's folder, now read-only
+    if os.geteuid() == 0:  # root writes anyway: the probe of that folder fails as it would for anyone else
+        real = tempfile.TemporaryFile
+
+        def probe(*a, dir=None, **k):
+            if os.path.abspath(dir) == os.path.abspath(out):
+                raise PermissionError(13, "Permission denied")
+            return real(*a, dir=dir, **k)
+        monkeypatch.setattr(tempfile, "TemporaryFile", probe)
+    try:
+        code, lines = fails(capsys, "--run", run, "--out", out)
+    finally:
+        os.chmod(out, 0o755)
+    assert code == 2 and len(lines) == 1 and f"cannot write into {out}" in lines[0] and "Permission denied" in lines[0]
+    assert not drawn and {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
     assert not [f for f in os.listdir(run) if f.startswith(".report-")]
 
 

@@ -286,6 +286,32 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, tiny, monkeypatch
     assert strip_timing(ja) == strip_timing(jb)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: ENOSPC)")
+def test_full_disk_during_a_checkpoint_write_keeps_the_last_good_state(tmp_path, tiny, monkeypatch, capsys):
+    """The disk fills while epoch 2's resume state is written: one line, exit 2, no X.last.pt.tmp left, epoch 1's
+    X.last.pt intact; the same command, once there is space, resumes from it."""
+    out = tmp_path / "run.pt"
+    last = str(tmp_path / "run.last.pt")
+    args = ["--dataset", "cifar10", *tiny(), "--epochs", "2", "--out", str(out)]
+    real = engine.atomic_save
+
+    def disk_full_at_epoch_2(obj, path):
+        if path == last and obj["epoch"] == 2:
+            os.symlink("/dev/full", path + ".tmp")  # torch.save's real writes fail from here (ENOSPC)
+        real(obj, path)
+    monkeypatch.setattr(engine, "atomic_save", disk_full_at_epoch_2)
+    with pytest.raises(SystemExit) as e:
+        engine.run_main(lambda: train_source.main(args))
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: could not write {last} (torch.save failed") and "free some space" in err[0]
+    assert not os.path.lexists(last + ".tmp") and not out.exists()
+    assert load(last)["epoch"] == 1
+    monkeypatch.undo()
+    train_source.main(args)
+    assert "resuming" in capsys.readouterr().out and load(last)["epoch"] == 2 and out.exists()
+
+
 def snapshot(directory):
     """Every file under directory with its bytes and modification time (not the runs' lock files)."""
     snap = {}

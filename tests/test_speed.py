@@ -5,10 +5,12 @@ Plain path: bench.py's reference (mean loss, loss.backward() filling every param
 On the CPU both are fp32, so with the same memory layout they must agree bit for bit; with channels_last (what
 fit runs) oneDNN picks other kernels, and only rounding may differ. A few seconds, plus ~10 s for bench.py.
 """
+import argparse
 import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import torch
 
 import bench
 import common as c
+import engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +107,55 @@ def test_bench_quick_runs(tmp_path):
     # 33 ResNet evaluations + 30 of them on the black-box sets + the crafting
     assert est["jobs"] == {"sources + baselines": 7, "transfers": 9, "evaluations": 64}
     assert res["provenance"]["torch"] == torch.__version__ and res["peak_tflops"] is None  # no CPU peak
-    assert "make all" in r.stdout and "speedup" in r.stdout
+    assert "speedup" in r.stdout and "smoke test of the benchmark, not a measurement" in r.stdout
+    assert "total, one device" not in r.stdout and " h" not in r.stdout.split("smoke test")[1]  # no hours printed
+
+
+def test_ctrl_c_says_it_stopped_a_benchmark(tmp_path):
+    """Not a training's "resume from the last completed epoch": a benchmark has nothing to resume."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu", "--arch",
+                          "resnet8", "--batch-size", "8", "--no-densenet", "--out", str(tmp_path / "b.json")],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in p.stdout:  # the first row timed: the benchmark is under way
+        if line.startswith("resnet8/"):
+            break
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1].splitlines()
+    assert p.returncode == 2 and len(err) == 1 and "the benchmark stopped" in err[0] and "resume" not in err[0], err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_estimates_of_another_resnet_carry_a_warning(capsys):
+    """Without --quick the hours are printed; for ResNet8 they are `make ARCH=resnet8 all`'s, said so."""
+    est = {"stages_h": {"sources + baselines": 1.0, "transfers": 2.0, "evaluations": 3.0}, "total_h": 6.0,
+           "critical_path_h": 4.0, "jobs": {"sources + baselines": 7, "transfers": 9, "evaluations": 64}}
+    for arch in ("resnet56", "resnet8"):
+        bench.print_estimates(argparse.Namespace(quick=False, arch=arch), "cpu", est, {t: 1.0 for t in c.ADV})
+        out = capsys.readouterr().out
+        assert "6.00 h" in out and ("WARNING" in out) == (arch == "resnet8")
+    assert "`make ARCH=resnet8 all`" in out and "not of the paper's `make all`" in out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--workers", "-2"], "--workers -2: must be at least 0"),
+    (["--repeats", "0"], "--repeats 0: must be at least 1"),  # was silently 3
+    (["--threads", "0"], "--threads 0: must be at least 1"),  # was ignored
+    (["--peak-tflops", "-1"], "--peak-tflops -1: must be a positive number"),
+    (["--cohorts", "1"], "--cohorts 1: must be at least 2"),
+    (["--summary", "MISSING"], "no such folder"),
+    (["--summary", "FILE"], "not a folder"),
+    (["--summary", "EMPTY"], "none of `make gpu-check`'s outputs"),
+])
+def test_bad_values_are_one_line(argv, says, tmp_path, capsys):
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "FILE").write_text("{}")
+    argv = [str(tmp_path / a) if a in ("MISSING", "FILE", "EMPTY") else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        engine.run_main(lambda: bench.main([*argv, "--device", "cpu", "--out", str(tmp_path / "b.json")]))
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_make_all_estimate_counts_the_dag():
@@ -162,3 +213,13 @@ def test_gpu_check_summary(tmp_path, capsys):
     assert bench.summary(str(tmp_path)) == 1
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
     assert "PROBLEMS" in last and "resnet56-fp32.eval.json missing" in last and "fallback: capturing failed" in last
+    # only the parts before the trainings (a CPU-only machine: the bench ran, nothing was captured or recorded)
+    for f in tmp_path.glob("*.json"):
+        if f.name != "bench.json":
+            f.unlink()
+    (tmp_path / "tests.log").unlink()
+    write("bench.json", {"provenance": {"device": "cpu", "device_name": "AMD EPYC", "torch": "2.14.1", "cuda": None}})
+    assert bench.summary(str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "captured in every run" not in out and "none recorded" in out and "tests.log missing" in out
+    assert "no GPU: the benchmark ran on the CPU" in out.splitlines()[-1]
