@@ -20,11 +20,9 @@ SHELL := bash
 SRC      ?= nat fgsm pgd
 # how the transfer trains on CIFAR-10
 TGT      ?= nat fgsm pgd
-# the three strategies
+# the three strategies; any depth of common.DEPTHS (bK, the last K of ResNet56's 27 residual blocks and the head;
+# README: the table of depths) or named strategy of common.STRATEGIES may join them
 UNFREEZE ?= 1 12 56
-# every allowed depth (common.DEPTHS): the paper's 1, 12, 56 and bK, the last K of ResNet56's 27 residual blocks and
-# the head (b9 is 12; README: the table of depths)
-UNFREEZE_OK := 1 b1 b2 b3 b4 b5 b6 b7 b8 12 b10 b11 b12 b13 b14 b15 b16 b17 b18 b19 b20 b21 b22 b23 b24 b25 b26 b27 56
 # the depths `make depth` sweeps for each source x target (one cohort), head only to everything
 DEPTHS   ?= 1 b1 b3 b6 12 b14 b18 56
 # CIFAR-10 baselines without transfer
@@ -70,17 +68,25 @@ GPULOCK = bash -c 'while :; do for g in $$(seq 0 $$(($(NGPU) - 1))); do for s in
   done; done; sleep 10; done' gpulock
 
 # ---- checks: a bad variable stops make before the first job, with one line naming it ------------------------
-ADV_OK      := nat fgsm pgd
+# The allowed names are common.py's tables' (training objectives, depths, named strategies): `python common.py`
+# prints them. Asked only for goals that run jobs here (`make help` stays instant; smoke and test ask in their
+# sub-makes); an interpreter that cannot answer (no .venv yet) leaves a bad name to the scripts' own argparse.
+NO_JOBS := help smoke test test-slurm bench gpu-check clean-smoke
+NAMES   := $(if $(filter-out $(NO_JOBS),$(or $(MAKECMDGOALS),help)),$(shell $(PY) common.py 2>/dev/null))
+names_of = $(patsubst $(1):%,%,$(filter $(1):%,$(NAMES)))
+ADV_OK      := $(call names_of,adv)
+UNFREEZE_OK := $(call names_of,depth) $(call names_of,strategy)
 ARCH_OK     := $(addprefix resnet,$(shell seq 8 6 1202))
 , := ,
 not_int = $(strip $(foreach w,$(1),$(if $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst \
   6,,$(subst 7,,$(subst 8,,$(subst 9,,$(w))))))))))),$(w))))
 not_one_int = $(or $(call not_int,$(1)),$(filter-out 1,$(words $(1))))
 bad = $(error $(1))
-$(foreach v,SRC TGT BASE,$(if $(filter-out $(ADV_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one of \
-  $(ADV_OK))))
-$(foreach v,UNFREEZE DEPTHS,$(if $(filter-out $(UNFREEZE_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one \
-  of $(UNFREEZE_OK) (transfer.py --unfreeze; README$(,) "Where robustness lives"))))
+$(if $(NAMES),$(foreach v,SRC TGT BASE,$(if $(filter-out $(ADV_OK),$($(v))),$(call bad,$(v)=$($(v)): each must \
+  be one of $(ADV_OK) (common.OBJECTIVES)))))
+$(if $(NAMES),$(foreach v,UNFREEZE DEPTHS,$(if $(filter-out $(if $(filter DEPTHS,$(v)),$(call names_of,depth),\
+  $(UNFREEZE_OK)),$($(v))),$(call bad,$(v)=$($(v)): each must be one of $(if $(filter DEPTHS,$(v)),$(call \
+  names_of,depth),$(UNFREEZE_OK)) (transfer.py --unfreeze; README$(,) "Where robustness lives")))))
 $(if $(or $(call not_int,$(SEEDS)),$(if $(SEEDS),,empty)),$(call bad,SEEDS=$(SEEDS): one or more non-negative \
   integers$(,) e.g. SEEDS="0 1 2"))
 $(foreach v,SRC TGT UNFREEZE DEPTHS BASE SEEDS,$(if $(filter-out $(words $($(v))),$(words $(sort $($(v))))),$(call \

@@ -7,6 +7,8 @@ import os
 import sys
 
 script, argv = os.path.basename(sys.argv[1]), sys.argv[2:]
+if script == "common.py":  # Make asks for the tables' names: the stand-in has none (no torch), so Make skips
+    sys.exit(1)  # its name check, as for an interpreter not built yet; tests/test_make.py checks names with the real one
 p = argparse.ArgumentParser()
 for flag in ("--out", "--src", "--tgt", "--dataset", "--adv"):
     p.add_argument(flag)
