@@ -461,11 +461,33 @@ def _fgsm_craft(model, x, y, eps, steps, random_start, label_fix, gen):
     return fgsm(model, x, predict(model, x) if label_fix else y, eps)
 
 
+def _trades_craft(model, x, y, eps, steps, random_start, label_fix, gen):
+    """TRADES' inner maximisation (Zhang et al. 2019): `steps` of eps/4 ascending KL(f(x) || f(x')) from
+    x + 0.001 N(0, 1), each projected onto the eps-ball and [0, 1]."""
+    with frozen_eval(model), torch.no_grad(), autocast(x.device):
+        p = F.softmax(model(x).float(), 1)
+    kl = lambda z, p: F.kl_div(F.log_softmax(z.float(), 1), p, reduction="sum")  # noqa: E731
+    xa = x + 0.001 * torch.randn(x.shape, device=x.device, generator=gen)
+    with frozen_eval(model):
+        for _ in range(steps):
+            xa = xa + eps / 4 * _input_grad(model, xa, p, kl).sign()
+            xa = torch.min(torch.max(xa, x - eps), x + eps).clamp_(0, 1)
+    return xa.detach()
+
+
+def _trades_loss(model, x, x_adv, y, beta=6.0):
+    """CE(clean) + beta KL(f(x) || f(x')), beta = 6 (Zhang et al.'s CIFAR-10 setting)."""
+    out, out_adv = model(x), model(x_adv)
+    kl = F.kl_div(F.log_softmax(out_adv.float(), 1), F.softmax(out.float(), 1), reduction="batchmean")
+    return F.cross_entropy(out, y) + beta * kl, out, out_adv
+
+
 OBJECTIVES = {
     "nat": Objective(lambda *a: None, mixed_loss, None, False, "natural training", True),
     "fgsm": Objective(_fgsm_craft, mixed_loss, "fgsm", False, "mixed clean + FGSM (label-leaking fix)", True),
     "pgd": Objective(lambda m, x, y, eps, steps, rs, lf, gen: pgd(m, x, y, eps, eps / 4, steps, rs, gen),
                      mixed_loss, "pgd", False, "mixed clean + PGD-7 of eps/4 (Madry et al.)", True),
+    "trades": Objective(_trades_craft, _trades_loss, "pgd", True, "TRADES, beta 6 (Zhang et al. 2019)", False),
 }
 PAPER_ADV = tuple(k for k, o in OBJECTIVES.items() if o.paper)  # the paper's grid, Table 1's rows, Figures 2-5
 

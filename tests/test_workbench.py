@@ -23,3 +23,51 @@ def test_names_fit_make_and_file_names():
     assert not any(re.fullmatch(r"b\d+", s) for s in c.STRATEGIES)
     assert all(k.startswith("bb_") for k, col in c.COLUMNS.items() if col.box == "bb")  # their examples are x_X
     assert {col.box for col in c.COLUMNS.values()} <= {"clean", "wb", "bb", "worst"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# trades: TRADES (Zhang et al. 2019), added through common.OBJECTIVES alone
+
+def test_trades_step_is_zhang_et_al():
+    """By hand: KL inner maximisation, 7 steps of eps/4 from x + 0.001 N(0, 1) drawn from the generator, projected;
+    loss CE(clean) + 6 KL(f(x) || f(x')), both forwarded in train mode. Pins the step to the bit (CPU, fp32)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model = c.build_model("resnet8", 10)
+    x, y = c.synthetic("cifar10", True, 16)
+    x = x.float() / 255
+    ref = copy.deepcopy(model)
+    eps = c.EPS
+    ref.eval()
+    with torch.no_grad():
+        p = F.softmax(ref(x), 1)
+    xa = x + 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    for _ in range(7):
+        xa = xa.detach().requires_grad_(True)
+        g, = torch.autograd.grad(F.kl_div(F.log_softmax(ref(xa), 1), p, reduction="sum"), xa)
+        xa = torch.min(torch.max(xa + eps / 4 * g.sign(), x - eps), x + eps).clamp(0, 1)
+    ref.train()
+    out, out_adv = ref(x), ref(xa.detach())
+    want = F.cross_entropy(out, y) + 6 * F.kl_div(F.log_softmax(out_adv, 1), F.softmax(out, 1), reduction="batchmean")
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss, right, right_adv = c.train_step(model, opt, x, y, "trades", eps, 7, gen=torch.Generator().manual_seed(5))
+    assert torch.equal(loss, want.detach())
+    assert right == (out.argmax(1) == y).sum() and right_adv == (out_adv.argmax(1) == y).sum()
+    o = c.OBJECTIVES["trades"]
+    assert (o.validate, o.draws, o.paper) == ("pgd", True, False)  # validated by PGD; eager on CUDA; beyond the paper
+
+
+def test_a_trades_training_validates_with_pgd(tmp_path, tiny):
+    """The validation attack comes from the table, not from the training's name."""
+    import json
+
+    import train_source
+    out = tmp_path / "t.pt"
+    train_source.main(["--dataset", "cifar10", "--adv", "trades", "--steps", "1", "--out", str(out), *tiny()])
+    row = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])
+    assert row["val_attack"] == "pgd(true labels)" and row["val_adv"] is not None
+    assert json.loads((tmp_path / "t.json").read_text())["adv"] == "trades"
