@@ -356,6 +356,12 @@ def pgd(model, x, y, eps, alpha, steps, random_start=False, gen=None, loss=None)
         return xa.detach()
 
 
+def cw_margin(z, y):
+    """The Carlini-Wagner margin loss (Carlini & Wagner 2017), summed: max_{j != y} z_j - z_y, positive once wrong."""
+    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - z.gather(1, y[:, None])[:, 0]).sum()
+
+
 def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
     """Per-example worst case over `restarts` runs of PGD with random start: an example stays correct only if it
     survives every run (later runs attack only the survivors). Returns inputs that fool the model where any run did."""
@@ -424,6 +430,8 @@ COLUMNS = {
     "wb_strong": Column("WB-strong", "wb", lambda m, x, y, eps, s: pgd_restarts(
         m, x, y, eps, 2.5 * eps / s["strong_steps"], s["strong_steps"], s["restarts"]),
         lambda s: s["restarts"] * (2 * s["strong_steps"] + 1), MASKING, False, draws=True, switch="strong"),
+    "wb_cw": Column("WB-CW", "wb", lambda m, x, y, eps, s: pgd(m, x, y, eps, eps / 4, 20, loss=cw_margin),
+                    lambda s: 41, MASKING, False),
     "autoattack": Column("AutoAttack", "wb", _autoattack, lambda s: 100, MASKING, False, True, "autoattack"),
     "worst": Column("Worst", "worst", None, lambda s: 0, MASKING + BB_VOID + ("pgd-not-converged",), False),
 }

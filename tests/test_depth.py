@@ -179,8 +179,8 @@ def test_make_depth_estimate_counts_the_cohort():
     rows["densenet121/train/nat"] = rows["densenet121/eval/clean"] = {"img_s": paths}
     est = bench.depth_estimate(rows, "resnet56")
     # clean, every white-box column in forward passes at the PGD-7 rate per pass (1/15 s): WB-FGSM 3, WB-PGD 15,
-    # WB-strong 10 restarts x 101; then the curve's 6 other points, a PGD-7 each
-    one_eval, bb = 10_000 * (1 + (3 + 15 + 10 * 101) / 15 + 6), 2 * 10_000
+    # WB-strong 10 restarts x 101, WB-CW 41; then the curve's 6 other points, a PGD-7 each
+    one_eval, bb = 10_000 * (1 + (3 + 15 + 10 * 101 + 41) / 15 + 6), 2 * 10_000
     nat = 8 * 50 * (47_500 + 2_500) + 8 * (one_eval + bb)
     adv = 8 * 50 * (47_500 + 2 * 2_500 + 256) + 8 * (one_eval + bb)
     assert est["nat"] * 3600 == pytest.approx(nat)

@@ -120,9 +120,9 @@ def test_make_all_estimate_counts_the_dag():
     tl = 3 * 50 * ((n_train + n_val) + 2 * adv_epoch)  # 3 targets x a cohort of 3
     assert est["stages_h"]["transfers"] * 3600 == pytest.approx(3 * tl)
     # one evaluation: clean, every white-box column in forward passes at the PGD-7 rate per pass (1/15 s): WB-FGSM 3,
-    # WB-PGD 15, WB-strong 10 restarts x 101; then the curve's 6 other points, a PGD-7 each; 33 of them,
+    # WB-PGD 15, WB-strong 10 restarts x 101, WB-CW 41; then the curve's 6 other points, a PGD-7 each; 33 of them,
     # and 30 CIFAR-10 models classify the 2 black-box sets
-    one_eval = 10_000 * (1 + (3 + 15 + 10 * 101) / 15 + 6)
+    one_eval = 10_000 * (1 + (3 + 15 + 10 * 101 + 41) / 15 + 6)
     assert est["stages_h"]["evaluations"] * 3600 == pytest.approx(33 * one_eval + 30 * 2 * 10_000)
     assert est["critical_path_h"] * 3600 == pytest.approx(200 * adv_epoch + 3 * 50 * adv_epoch + one_eval)
 

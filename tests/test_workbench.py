@@ -71,3 +71,30 @@ def test_a_trades_training_validates_with_pgd(tmp_path, tiny):
     row = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])
     assert row["val_attack"] == "pgd(true labels)" and row["val_adv"] is not None
     assert json.loads((tmp_path / "t.json").read_text())["adv"] == "trades"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# wb_cw: white-box PGD on the Carlini-Wagner margin, added through common.COLUMNS alone
+
+def test_cw_margin_is_positive_exactly_when_wrong():
+    import torch
+    z = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 0, 2])
+    assert [c.cw_margin(z[i:i + 1], y[i:i + 1]).item() for i in range(3)] == [-2.0, 1.0, 0.0]
+    assert c.cw_margin(z, y).item() == -1.0  # summed over the batch, as PGD ascends it
+
+
+def test_wb_cw_attacks_within_the_budget():
+    """20 steps of eps/4 inside the eps-ball and [0, 1]; never above clean accuracy on a trained-ish model."""
+    import torch
+    col = c.COLUMNS["wb_cw"]
+    assert (col.head, col.box, col.paper, col.draws) == ("WB-CW", "wb", False, False)
+    assert set(c.MASKING) <= set(col.voided_by)  # gradient masking voids it, as every white-box column
+    torch.manual_seed(0)
+    model = c.build_model("resnet8", 10)
+    x, y = c.synthetic("cifar10", True, 32)
+    x = x.float() / 255
+    xa = col.attack(model, x, y, c.EPS, {"steps": 7})
+    assert (xa - x).abs().max() <= c.EPS + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+    assert (c.predict(model, xa) == y).sum() <= (c.predict(model, x) == y).sum()
+    assert c.cw_margin(model.eval()(xa), y) > c.cw_margin(model(x), y)  # the margin it ascends went up
