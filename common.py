@@ -538,6 +538,8 @@ class Strategy(NamedTuple):
 
 
 STRATEGIES = {
+    "bn": Strategy(lambda m: [m.linear, *(x for x in m.modules() if isinstance(x, nn.BatchNorm2d))],
+                   "BatchNorm's affine parameters and the head"),
 }
 # The paper's three strategies: its grid, Table 1's rows, Figures 2-5
 PAPER_UNF = tuple(UNFREEZE)

@@ -98,3 +98,32 @@ def test_wb_cw_attacks_within_the_budget():
     assert (xa - x).abs().max() <= c.EPS + 1e-6 and xa.min() >= 0 and xa.max() <= 1
     assert (c.predict(model, xa) == y).sum() <= (c.predict(model, x) == y).sum()
     assert c.cw_margin(model.eval()(xa), y) > c.cw_margin(model(x), y)  # the margin it ascends went up
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bn: a transfer that trains BatchNorm's affine parameters and the head, added through common.STRATEGIES alone
+
+def test_bn_strategy_trains_batchnorm_and_the_head():
+    import torch.nn as nn
+    model = c.build_model("resnet56", 10)
+    params = c.freeze(model, "bn")
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    want = {id(p) for m in bns + [model.linear] for p in m.parameters()}
+    assert {id(p) for p in params} == want and all(p.requires_grad == (id(p) in want) for p in model.parameters())
+    assert sum(p.numel() for p in params) == 650 + 2 * sum(m.num_features for m in bns)
+    assert c.parse_unfreeze("bn") == "bn" and c.describe_unfreeze("bn") == c.STRATEGIES["bn"].about
+
+
+def test_a_bn_transfer_moves_only_batchnorm_and_the_head(tiny_source, tmp_path, tiny):
+    """After a transfer with --unfreeze bn every conv weight is the source's, while BatchNorm's weights moved."""
+    import torch
+    import transfer
+    out = tmp_path / "bn.pt"
+    transfer.main(["--src", "nat", "--tgt", "nat", "--unfreeze", "bn", "--init", str(tiny_source), "--out", str(out),
+                   *tiny()])
+    src, got = c.load_checkpoint(str(tiny_source))["model"], c.load_checkpoint(str(out))
+    assert got["unfreeze"] == "bn"
+    conv = [k for k in src if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    bn = [k for k in src if ".bn" in k and k.endswith(".weight")]
+    assert conv and all(torch.equal(src[k], got["model"][k]) for k in conv)
+    assert any(not torch.equal(src[k], got["model"][k]) for k in bn)
