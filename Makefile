@@ -45,6 +45,11 @@ EPOCHS_TL  ?= 50
 EPOCHS_BB  ?= 200
 # extra flags for every training, e.g. --batch-size 128 --device cuda
 TRAIN_FLAGS ?=
+# extra flags for one stage's trainings only: the CIFAR-100 sources, the CIFAR-10 baselines, the transfers; e.g. an
+# eps-4 PGD-10 source variant in one call: make SRC=pgd SRC_FLAGS='--eps 4 --steps 10' RUN=runs/eps4 all
+SRC_FLAGS   ?=
+BASE_FLAGS  ?=
+TL_FLAGS    ?=
 # extra flags for the DenseNet121, e.g. --growth 32
 BB_FLAGS    ?=
 # extra flags for every evaluation, e.g. --no-strong --limit 1000
@@ -162,11 +167,11 @@ tgt_of = $(word 2,$(subst -, ,$(1)))
 TRAIN = --arch $(ARCH) --seed $(SEEDS) $(DATAFLAG) $(TRAIN_FLAGS)
 
 $(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py engine.py $(VENV)
-	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
+	$(LAUNCH) $(PY) train_source.py --dataset cifar100 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) $(SRC_FLAGS) \
 	  --out '$(R)/source/cifar100_$*_s{seed}.pt'
 
 $(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py $(VENV)
-	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
+	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) $(BASE_FLAGS) \
 	  --out '$(R)/baseline/cifar10_$*_s{seed}.pt'
 
 # The stem is source-target, e.g. pgd-fgsm; each cohort needs its own source, one per seed.
@@ -174,7 +179,7 @@ $(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py 
 $(foreach u,$(UNFREEZE),$(call seeds_of,$(R)/transfer/%-$(u))): \
   $$(call seeds_of,$(R)/source/cifar100_$$(call src_of,$$*)) | transfer.py common.py engine.py $(VENV)
 	$(LAUNCH) $(PY) transfer.py --src $(call src_of,$*) --tgt $(call tgt_of,$*) --unfreeze $(UNFREEZE) \
-	  --epochs $(EPOCHS_TL) $(TRAIN) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
+	  --epochs $(EPOCHS_TL) $(TRAIN) $(TL_FLAGS) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
 	  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt'
 
 $(R)/blackbox/densenet121_s%.pt: | train_blackbox.py common.py engine.py $(VENV)

@@ -251,7 +251,8 @@ def training_record(ck):
     return {"arch": ck["arch"], "growth": ck.get("growth"), **{k: args.get(k) for k in TRAIN_ARGS},
             "n_train": ck.get("n_train"), "n_val": ck.get("n_val"), "init": ck.get("init"),
             "epoch": ck.get("epoch"), "val": ck.get("metrics"), "collapse": ck.get("collapse"),
-            "rows": ck.get("rows") or [], "provenance": ck.get("provenance"), "steps_ran": ck.get("steps_ran")}
+            "rows": ck.get("rows") or [], "provenance": ck.get("provenance"), "steps_ran": ck.get("steps_ran"),
+            "source": ck.get("source_train")}  # a transfer's: how its source was trained (its departures)
 
 
 def main(argv=None):

@@ -117,6 +117,7 @@ SETTING = {"arch": "architecture", "epochs": "epochs", "batch_size": "batch (cle
            "steps": "training PGD steps", "random_start": "training PGD random start",
            "label_fix": "FGSM label-leaking fix", "freeze_bn": "frozen BatchNorm", "bb_source": "black-box source",
            "growth": "DenseNet growth rate", "train": "training record"}
+SETTING.update({"src_" + k: "source's " + v for k, v in list(SETTING.items())})  # a transfer's source's settings
 
 
 def recorded(e):
@@ -136,13 +137,16 @@ def departures(evals):
     A setting a run did not record is not judged, except a missing training record as a whole."""
     out = {}
     for e in sorted(evals, key=order):
-        want, have = protocol(e), recorded(e)
         diffs = [("train", "not recorded", "recorded")] if not e.get("train") else []
-        for k, v in want.items():
-            h = have.get(k)
-            if h is not None and not (h == v or isinstance(v, float) and isinstance(h, (int, float))
-                                      and math.isclose(h, v)):
-                diffs.append((k, show_setting(h), show_setting(v)))
+        src = (e.get("train") or {}).get("source")  # a transfer's source: its departures are the transfer's too
+        for pre, ev in [("", e)] + ([("src_", {"role": "source", "adv": e.get("src"), "train": src})]
+                                    if e["role"] == "transfer" and isinstance(src, dict) else []):
+            want, have = protocol(ev), recorded(ev)
+            for k, v in want.items():
+                h = have.get(k)
+                if h is not None and not (h == v or isinstance(v, float) and isinstance(h, (int, float))
+                                          and math.isclose(h, v)):
+                    diffs.append((pre + k, show_setting(h), show_setting(v)))
         for d in diffs:
             out.setdefault(d, [])
             if label(e) not in out[d]:

@@ -78,7 +78,8 @@ def main(argv=None):
         model.linear = nn.Linear(model.linear.in_features, 10)  # the fresh CIFAR-10 head, default init (authors')
         params = c.freeze(model, f["unfreeze"])
         info = {"arch": ck["arch"], "num_classes": 10, "role": "transfer", "src": a.src, "tgt": a.tgt,
-                "unfreeze": f["unfreeze"], "init": init}
+                "unfreeze": f["unfreeze"], "init": init,  # and how the source was trained: its departures are ours
+                "source_train": {**(ck.get("args") or {}), **{k: ck.get(k) for k in ("arch", "n_train", "n_val")}}}
         members.append(engine.member(model, params, a, out, info, seed=f["seed"], unfreeze=f["unfreeze"], init=init,
                                 arch=ck["arch"]))
     who = engine._who(members)

@@ -127,3 +127,41 @@ def test_a_bn_transfer_moves_only_batchnorm_and_the_head(tiny_source, tmp_path, 
     bn = [k for k in src if ".bn" in k and k.endswith(".weight")]
     assert conv and all(torch.equal(src[k], got["model"][k]) for k in conv)
     assert any(not torch.equal(src[k], got["model"][k]) for k in bn)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-stage flags in Make, and a transfer's departures include its source's
+
+def test_stage_flags_reach_only_their_stage():
+    """`make -n` of the grid: SRC_FLAGS on the three CIFAR-100 sources alone, BASE_FLAGS on the baselines alone,
+    TL_FLAGS on the nine transfer cohorts alone; TRAIN_FLAGS on every training."""
+    import subprocess
+    from test_make import ROOT
+    r = subprocess.run(["make", "-n", "--no-print-directory", "PY=python3", "DATA=synthetic", "TRAIN_FLAGS=--every",
+                        "SRC_FLAGS=--src-only", "BASE_FLAGS=--base-only", "TL_FLAGS=--tl-only", "all"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cmds = r.stdout.replace("\\\n", " ").splitlines()
+    stage = {"src": [x for x in cmds if "train_source.py --dataset cifar100" in x],
+             "base": [x for x in cmds if "train_source.py --dataset cifar10 " in x],
+             "tl": [x for x in cmds if "transfer.py" in x], "bb": [x for x in cmds if "train_blackbox.py" in x]}
+    assert [len(v) for v in stage.values()] == [3, 3, 9, 1]
+    for k, v in stage.items():
+        for x in v:
+            assert "--every" in x
+            assert [f in x for f in ("--src-only", "--base-only", "--tl-only")] == [k == "src", k == "base", k == "tl"]
+    assert not any(f in x for x in cmds if "evaluate.py" in x for f in ("--every", "-only"))
+
+
+def test_a_transfer_lists_its_sources_departures():
+    """A transfer of an eps-4 source (make SRC_FLAGS='--eps 4') says so, though its own training used eps 8."""
+    train = {"arch": "resnet56", "epochs": 50, "batch_size": 100, "lr": 0.1, "wd": 5e-5, "milestones": [0.4, 0.8],
+             "eps": 8, "steps": 7, "random_start": False, "freeze_bn": False, "n_train": 47_500, "n_val": 2_500,
+             "data_dir": "data"}
+    src = {**train, "epochs": 200, "wd": 1e-5, "milestones": [0.5, 0.75], "eps": 4}
+    e = {"role": "transfer", "src": "pgd", "tgt": "pgd", "unfreeze": 12, "_table": "c10", "_key": "pgd-pgd-12",
+         "seed": 0, "n_test": 10_000, "eps_256": 8, "attacks": {"pgd": {"steps": 7}}, "train": {**train, "source": src}}
+    assert report.departures([e]) == {("src_eps", "4", "8"): ["R_{pgd->pgd} 12"]}
+    assert "source's training eps (/256) 4 (paper 8)" in report.banner(report.departures([e]))
+    e["train"]["source"]["eps"] = 8
+    assert report.departures([e]) == {}
