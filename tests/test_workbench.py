@@ -165,3 +165,72 @@ def test_a_transfer_lists_its_sources_departures():
     assert "source's training eps (/256) 4 (paper 8)" in report.banner(report.departures([e]))
     e["train"]["source"]["eps"] = 8
     assert report.departures([e]) == {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The extension points end to end: tiny real runs through Make and the report
+
+TINY_MAKE = ["DATA=synthetic", "ARCH=resnet8", "EPOCHS_SRC=1", "EPOCHS_TL=1", "EPOCHS_BB=1",
+             "TRAIN_FLAGS=--limit 40 --batch-size 20 --steps 1 --device cpu", "BB_FLAGS=--growth 4 --limit 20",
+             "EVAL_FLAGS=--limit 20 --strong-steps 2 --restarts 1 --curve-eps 0 8 --device cpu"]
+
+
+def make_run(tmp_path, py, *grid):
+    import subprocess
+    import sys
+    from test_make import ROOT
+    exe = tmp_path / "py"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {py or ''} \"$@\"\n")
+    exe.chmod(0o755)
+    r = subprocess.run(["make", "--no-print-directory", f"PY={exe}", f"RUN={tmp_path / 'run'}", *TINY_MAKE, *grid,
+                        "all"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return tmp_path / "run", r
+
+
+def test_trades_source_bn_transfer_through_make_and_the_report(tmp_path):
+    """TRADES as source and target training, a bn transfer, their evaluations with WB-CW, the report: the TRADES
+    rows below the rule of Table 1, the WB-CW column after the paper's five; Figures 2-5 hold the paper's rows only."""
+    run, _ = make_run(tmp_path, None, "SRC=trades", "TGT=trades", "UNFREEZE=bn", "BASE=trades")
+    t1 = (run / "report" / "table1.md").read_text()
+    table = t1.split("\n## CIFAR-100 sources")[0]
+    head = next(line for line in table.splitlines() if line.startswith("| Network"))
+    assert head.split(" | ")[2:7] == ["Clean", "BB-FGSM", "BB-PGD", "WB-FGSM", "WB-PGD"] and "WB-CW" in head
+    rule = table.index(report.BEYOND)
+    assert table.index("`R_trades`") > rule and table.index("`R_{trades->trades} bn`") > rule
+    rows = [line for line in table.splitlines() if line.startswith("| `R_")]
+    assert len(rows) == 32 and all(" – " in r for r in rows[:30])  # Table 1's 30 rows: not run; then the 2
+    assert "`trades`" in t1.split("\n## CIFAR-100 sources")[1]  # the source, below its own rule
+    out = (run / "report" / "report.md").read_text()
+    assert "![](beyond.png)" in out and (run / "report" / "beyond.png").exists()
+    assert not (run / "report" / "fig2.png").exists()  # no paper row ran: Figures 2-5 have nothing to draw
+
+
+def test_toys_registered_at_run_time_flow_through_make_and_the_report(tmp_path):
+    """tests/toypy.py registers a toy objective, column and strategy in common's tables; Make checks and plans them,
+    the scripts train and evaluate them, the report shows them below its rules. Read by a plain interpreter (no
+    toys), the same evaluations give one line per unknown name and the rest of the report, with Figures 2-5
+    byte for byte those of the report with the toys: a method beyond the paper never enters them."""
+    import subprocess
+    import sys
+    from test_make import ROOT
+    toypy = ROOT / "tests" / "toypy.py"
+    run, r = make_run(tmp_path, toypy, "SRC=toy", "TGT=nat", "UNFREEZE=stem", "BASE=nat")
+    t1 = (run / "report" / "table1.md").read_text()
+    assert "WB-half" in t1 and t1.index("`R_{toy->nat} stem`") > t1.index(report.BEYOND)
+    bad = subprocess.run(["make", "-n", f"PY={sys.executable}", "SRC=toy", "all"], cwd=ROOT, capture_output=True,
+                         text=True)  # without the toys, Make refuses the name
+    assert bad.returncode == 2 and "SRC=toy: each must be one of nat fgsm pgd" in bad.stderr
+    plain = subprocess.run([sys.executable, "report.py", "--run", str(run), "--out", str(tmp_path / "plain")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    notes = [line for line in plain.stdout.splitlines() if line.startswith("note: ")]
+    # the toy source and transfer (their objective); the baseline and the DenseNet (their toy column)
+    assert len(notes) == 4 and all("register it in common." in n for n in notes), notes
+    assert sum("common.OBJECTIVES" in n for n in notes) == 2 and sum("common.COLUMNS" in n for n in notes) == 2
+    t1 = (tmp_path / "plain" / "table1.md").read_text()
+    assert "WB-half" not in t1 and "toy" not in t1 and report.BEYOND not in t1
+    assert (run / "report" / "fig2.png").exists()  # R_nat ran: Figures 2-4 have a row to draw (Figure 5 none)
+    for f in ("fig2", "fig3", "fig4", "fig5"):
+        a, b = run / "report" / f"{f}.png", tmp_path / "plain" / f"{f}.png"
+        assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes()), f
