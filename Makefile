@@ -20,11 +20,9 @@ SHELL := bash
 SRC      ?= nat fgsm pgd
 # how the transfer trains on CIFAR-10
 TGT      ?= nat fgsm pgd
-# the three strategies
+# the three strategies; any depth of common.DEPTHS (bK, the last K of ResNet56's 27 residual blocks and the head;
+# README: the table of depths) or named strategy of common.STRATEGIES may join them
 UNFREEZE ?= 1 12 56
-# every allowed depth (common.DEPTHS): the paper's 1, 12, 56 and bK, the last K of ResNet56's 27 residual blocks and
-# the head (b9 is 12; README: the table of depths)
-UNFREEZE_OK := 1 b1 b2 b3 b4 b5 b6 b7 b8 12 b10 b11 b12 b13 b14 b15 b16 b17 b18 b19 b20 b21 b22 b23 b24 b25 b26 b27 56
 # the depths `make depth` sweeps for each source x target (one cohort), head only to everything
 DEPTHS   ?= 1 b1 b3 b6 12 b14 b18 56
 # CIFAR-10 baselines without transfer
@@ -47,8 +45,11 @@ EPOCHS_TL  ?= 50
 EPOCHS_BB  ?= 200
 # extra flags for every training, e.g. --batch-size 128 --device cuda
 TRAIN_FLAGS ?=
-# extra flags for the CIFAR-100 sources (after TRAIN_FLAGS), e.g. --limit 2000
+# extra flags for one stage's trainings only: the CIFAR-100 sources, the CIFAR-10 baselines, the transfers; e.g. an
+# eps-4 PGD-10 source variant in one call: make SRC=pgd SRC_FLAGS='--eps 4 --steps 10' RUN=runs/eps4 all
 SRC_FLAGS   ?=
+BASE_FLAGS  ?=
+TL_FLAGS    ?=
 # extra flags for the DenseNet121, e.g. --growth 32
 BB_FLAGS    ?=
 # extra flags for every evaluation, e.g. --no-strong --limit 1000
@@ -74,17 +75,27 @@ GPULOCK = bash -c '[ "$(NGPU)" -gt 0 ] 2>/dev/null || { echo "error: GPULOCK: no
   done; done; sleep 10; done' gpulock
 
 # ---- checks: a bad variable stops make before the first job, with one line naming it ------------------------
-ADV_OK      := nat fgsm pgd
+# The allowed names are common.py's tables' (training objectives, depths, named strategies): `python common.py`
+# prints them. Asked only for goals that run jobs here (`make help` stays instant; smoke and test ask in their
+# sub-makes); an interpreter that cannot answer (no .venv yet) leaves a bad name to the scripts' own argparse.
+NO_PY_GOALS := help clean-smoke status $(VENV)
+NOT_PIPELINE := $(NO_PY_GOALS) smoke mini test test-slurm gpu-check bench
+GOALS := $(or $(MAKECMDGOALS),help)
+NAMES   := $(if $(filter-out $(NOT_PIPELINE),$(GOALS)),$(shell $(PY) common.py 2>/dev/null))
+names_of = $(patsubst $(1):%,%,$(filter $(1):%,$(NAMES)))
+ADV_OK      := $(call names_of,adv)
+UNFREEZE_OK := $(call names_of,depth) $(call names_of,strategy)
 ARCH_OK     := $(addprefix resnet,$(shell seq 8 6 1202))
 , := ,
 not_int = $(strip $(foreach w,$(1),$(if $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst \
   6,,$(subst 7,,$(subst 8,,$(subst 9,,$(w))))))))))),$(w))))
 not_one_int = $(or $(call not_int,$(1)),$(filter-out 1,$(words $(1))))
 bad = $(error $(1))
-$(foreach v,SRC TGT BASE,$(if $(filter-out $(ADV_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one of \
-  $(ADV_OK))))
-$(foreach v,UNFREEZE DEPTHS,$(if $(filter-out $(UNFREEZE_OK),$($(v))),$(call bad,$(v)=$($(v)): each must be one \
-  of $(UNFREEZE_OK) (transfer.py --unfreeze; README$(,) "Where robustness lives"))))
+$(if $(NAMES),$(foreach v,SRC TGT BASE,$(if $(filter-out $(ADV_OK),$($(v))),$(call bad,$(v)=$($(v)): each must \
+  be one of $(ADV_OK) (common.OBJECTIVES)))))
+$(if $(NAMES),$(foreach v,UNFREEZE DEPTHS,$(if $(filter-out $(if $(filter DEPTHS,$(v)),$(call names_of,depth),\
+  $(UNFREEZE_OK)),$($(v))),$(call bad,$(v)=$($(v)): each must be one of $(if $(filter DEPTHS,$(v)),$(call \
+  names_of,depth),$(UNFREEZE_OK)) (transfer.py --unfreeze; README$(,) "Where robustness lives")))))
 $(if $(or $(call not_int,$(SEEDS)),$(if $(SEEDS),,empty)),$(call bad,SEEDS=$(SEEDS): one or more non-negative \
   integers$(,) e.g. SEEDS="0 1 2"))
 $(foreach v,SRC TGT UNFREEZE DEPTHS BASE SEEDS,$(if $(filter-out $(words $($(v))),$(words $(sort $($(v))))),$(call \
@@ -138,14 +149,13 @@ $(MODELS) $(EXAMPLES):
 # only check that PY can run the scripts (their own makes check their commands). With the default PY before .venv
 # is built, it runs as the first job instead (after the build). CHECKED=1 skips it (the depth sweep's own make: its
 # caller checked).
-NO_PY_GOALS := help clean-smoke status $(VENV)
-NOT_PIPELINE := $(NO_PY_GOALS) smoke mini test test-slurm gpu-check bench
-GOALS := $(or $(MAKECMDGOALS),help)
 CHECK_TL = --epochs $(EPOCHS_TL) $(TRAIN_BASE) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
-  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS)
+  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS) ::TL_FLAGS $(TL_FLAGS)
 CHECK_JOBS = \
   '::ARCH=$(ARCH), SEEDS=$(SEEDS)' train_source.py --dataset cifar100 --epochs $(EPOCHS_SRC) $(TRAIN_BASE) \
     --out '$(R)/source/cifar100_nat_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS) ::SRC_FLAGS $(SRC_FLAGS) \
+  '::ARCH=$(ARCH), SEEDS=$(SEEDS)' train_source.py --dataset cifar10 --epochs $(EPOCHS_SRC) $(TRAIN_BASE) \
+    --out '$(R)/baseline/cifar10_nat_s{seed}.pt' ::TRAIN_FLAGS $(TRAIN_FLAGS) ::BASE_FLAGS $(BASE_FLAGS) \
   $(if $(SRC),$(if $(TGT),"::UNFREEZE='$(UNFREEZE)' (ARCH=$(ARCH))" transfer.py --src $(firstword $(SRC)) \
     --tgt $(firstword $(TGT)) --unfreeze $(UNFREEZE) $(CHECK_TL) \
     $(if $(filter depth,$(GOALS)),"::DEPTHS='$(DEPTHS)' (ARCH=$(ARCH))" transfer.py --src $(firstword $(SRC)) \
@@ -219,7 +229,7 @@ $(call seeds_of,$(R)/source/cifar100_%): | train_source.py common.py engine.py $
 	  --out '$(R)/source/cifar100_$*_s{seed}.pt'
 
 $(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py $(VENV) $(CHECK_FIRST)
-	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) \
+	$(LAUNCH) $(PY) train_source.py --dataset cifar10 --adv $* --epochs $(EPOCHS_SRC) $(TRAIN) $(BASE_FLAGS) \
 	  --out '$(R)/baseline/cifar10_$*_s{seed}.pt'
 
 # The stem is source-target, e.g. pgd-fgsm; each cohort needs its own source, one per seed.
@@ -227,7 +237,7 @@ $(call seeds_of,$(R)/baseline/cifar10_%): | train_source.py common.py engine.py 
 $(foreach u,$(UNFREEZE),$(call seeds_of,$(R)/transfer/%-$(u))): \
   $$(call seeds_of,$(R)/source/cifar100_$$(call src_of,$$*)) | transfer.py common.py engine.py $(VENV) $(CHECK_FIRST)
 	$(LAUNCH) $(PY) transfer.py --src $(call src_of,$*) --tgt $(call tgt_of,$*) --unfreeze $(UNFREEZE) \
-	  --epochs $(EPOCHS_TL) $(TRAIN) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
+	  --epochs $(EPOCHS_TL) $(TRAIN) $(TL_FLAGS) --init '$(R)/source/cifar100_{src}_s{seed}.pt' \
 	  --out '$(R)/transfer/{src}-{tgt}-{unfreeze}_s{seed}.pt'
 
 $(R)/blackbox/densenet121_s%.pt: | train_blackbox.py common.py engine.py $(VENV) $(CHECK_FIRST)

@@ -292,8 +292,13 @@ def columns(a):
     return ["reference", "eager"] + (["captured"] if cuda else []) + [f"cohort{k}" for k in a.cohorts]
 
 
-def estimate(rows, arch, seeds=1, grid=c.GRID):
-    """Hours of `make all` on one device from the measured rates, the Makefile's DAG counted from common.GRID (or
+# The paper's grid as the Makefile builds it by default (common's PAPER_* lists); the estimate counts from here.
+GRID = {"sources": c.PAPER_ADV, "baselines": c.PAPER_ADV,
+        "transfer cohorts": [(s, t) for s in c.PAPER_ADV for t in c.PAPER_ADV], "unfreeze": c.PAPER_UNF}
+
+
+def estimate(rows, arch, seeds=1, grid=GRID):
+    """Hours of `make all` on one device from the measured rates, the Makefile's DAG counted from GRID (or
     another grid of the same keys: depth_estimate's) and the scripts' defaults. Each job is one process: sources
     and baselines cohorts of `seeds` models, transfers cohorts of 3 strategies x `seeds` (their members all counted
     at unfreeze-56 cost: an upper bound). Processes
@@ -324,14 +329,20 @@ def estimate(rows, arch, seeds=1, grid=c.GRID):
     n_evals = seeds * (len(grid["sources"]) + len(grid["baselines"])
                        + len(grid["transfer cohorts"]) * len(grid["unfreeze"]))
     n_bb = n_evals - seeds * len(grid["sources"])  # CIFAR-10 models classify the black-box sets
-    strong = ev.restarts * (ev.strong_steps * (e("pgd") - e("clean")) / ev.steps + e("clean"))  # every image, bound
-    one_eval = N_TEST * (e("clean") + e("fgsm") + e("pgd") + strong + (len(ev.curve_eps) - 1) * e("pgd"))
-    stages["evaluations"] = [one_eval] * n_evals + [2 * N_TEST * e("clean")] * n_bb
+    # every column evaluate.py runs by default (common.COLUMNS), at its cost in forward passes, the measured PGD-7
+    # rate per pass (FWD); the strong attack on every image, a bound
+    s, per_pass = evaluate.settings(ev), e("pgd") / FWD["eval/pgd"]
+    cols = [col for col in c.COLUMNS.values() if not col.switch or getattr(ev, col.switch)]
+    one_eval = N_TEST * (e("clean") + per_pass * sum(col.cost(s) for col in cols if col.box == "wb")
+                         + (len(ev.curve_eps) - 1) * e("pgd"))
+    n_bbcols = sum(col.box == "bb" for col in cols)
+    stages["evaluations"] = [one_eval] * n_evals + [n_bbcols * N_TEST * e("clean")] * n_bb
     if "densenet121/train/nat" in rows and grid.get("blackbox", True):  # beside the sources; crafts the BB sets
         ep_bb = train_blackbox.get_args([]).epochs
         d = lambda what: per_image("densenet121", f"eval/{what}", 1)  # noqa: E731
         stages["sources + baselines"].append(training("densenet121", "nat", ep_bb, 1))
-        stages["evaluations"].append(N_TEST * (2 * (d("fgsm") + d("pgd")) + d("clean")))
+        stages["evaluations"].append(N_TEST * (2 * d("pgd") / FWD["eval/pgd"] * sum(col.cost(s) for col in cols
+                                                                                   if col.box == "bb") + d("clean")))
     return {"stages_h": {k: sum(v) / 3600 for k, v in stages.items()}, "total_h": sum(map(sum, stages.values())) / 3600,
             "critical_path_h": sum(max(v, default=0) for v in stages.values()) / 3600,
             "jobs": {k: len(v) for k, v in stages.items()}}
@@ -343,7 +354,7 @@ def depth_estimate(rows, arch, seeds=1, depths=c.DEPTH_SWEEP):
     evaluations; its source, the baselines and the DenseNet are `make all`'s (its first stage), and a depth the grid
     already trained (1, 12, 56) is reused, not retrained."""
     return {t: estimate(rows, arch, seeds, {"sources": (), "baselines": (), "transfer cohorts": [("src", t)],
-                                            "unfreeze": depths, "blackbox": False})["total_h"] for t in c.ADV}
+                                            "unfreeze": depths, "blackbox": False})["total_h"] for t in c.PAPER_ADV}
 
 
 def print_estimates(a, name, est, dep):
@@ -400,7 +411,7 @@ def self_check(a, arch, x, y, est):
     worst = lambda ks, f: max((k[f] for k in ks), default=None)  # noqa: E731
     t_train, t_eval = worst(train, "seconds") or 0.0, worst(evals, "seconds") or 0.0
     jobs = est["jobs"]["sources + baselines"] + est["jobs"]["transfers"]
-    g = c.GRID
+    g = GRID
     n_evals = len(g["sources"]) + len(g["baselines"]) + len(g["transfer cohorts"]) * len(g["unfreeze"])
     n_eval_graphs = 3 * jobs + 9 * n_evals + 3 + 1  # and the DenseNet's evaluation, the crafting's accuracy
     cost = jobs * t_train + n_eval_graphs * t_eval
@@ -445,7 +456,7 @@ def main(argv=None):
     print(f"bench on {name} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{a.repeats} timings x {a.iters} steps per row, batch {a.batch_size} clean + {a.batch_size} adversarial "
           f"per model, {c.eps_str(c.EPS)}")
-    archs = {a.arch: c.ADV, **({"densenet121": ("nat",)} if a.densenet else {})}
+    archs = {a.arch: c.PAPER_ADV, **({"densenet121": ("nat",)} if a.densenet else {})}
     flops = {}
     for arch in archs:
         flops[arch] = 2 * fwd_macs(c.build_model(arch, 10, a.growth))[0]

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EPS = 8 / 256  # the paper's 0.0625 on [-1, 1] (Sec. 2.3), on the [0, 1] scale used here
-ADV = ("nat", "fgsm", "pgd")
 
 
 class UsageError(Exception):
@@ -322,11 +322,13 @@ def frozen_eval(model):
             p.requires_grad_(f)
 
 
-def _input_grad(model, x, y):
-    """Gradient of the summed cross-entropy w.r.t. the input only; the input stays fp32 (autocast is inside)."""
+def _input_grad(model, x, y, loss=None):
+    """Gradient w.r.t. the input only of loss(logits, y), summed over the batch (default: cross-entropy); the
+    input stays fp32 (autocast is inside)."""
     x = x.detach().requires_grad_(True)
     with autocast(x.device):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        out = model(x)
+        loss = F.cross_entropy(out, y, reduction="sum") if loss is None else loss(out, y)
     return torch.autograd.grad(loss, x)[0]
 
 
@@ -342,11 +344,12 @@ def fgsm(model, x, y, eps):
         return (x + eps * _input_grad(model, x, y).sign()).clamp_(0, 1).detach()
 
 
-def pgd(model, x, y, eps, alpha, steps, random_start=False, gen=None):
+def pgd(model, x, y, eps, alpha, steps, random_start=False, gen=None, loss=None):
     """Madry et al. 2018: steps of alpha * sign(grad), each projected onto the eps-ball around x and [0, 1].
 
     The paper: 7 steps, alpha = eps/4, no random start (the authors'). With random_start the walk begins at a
     uniform point of the eps-ball, drawn from gen (a torch.Generator on x's device; None: the global one).
+    loss(logits, y): what the walk ascends, summed (default: cross-entropy).
     """
     _check_budget(eps, alpha, steps)
     with frozen_eval(model):
@@ -354,9 +357,28 @@ def pgd(model, x, y, eps, alpha, steps, random_start=False, gen=None):
         if random_start:
             xa = (xa + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).clamp_(0, 1)
         for _ in range(steps):
-            xa = xa + alpha * _input_grad(model, xa, y).sign()
+            xa = xa + alpha * _input_grad(model, xa, y, loss).sign()
             xa = torch.min(torch.max(xa, x - eps), x + eps).clamp_(0, 1)
         return xa.detach()
+
+
+def cw_margin(z, y):
+    """The Carlini-Wagner margin loss (Carlini & Wagner 2017), summed: max_{j != y} z_j - z_y, positive once wrong."""
+    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - z.gather(1, y[:, None])[:, 0]).sum()
+
+
+def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
+    """Per-example worst case over `restarts` runs of PGD with random start: an example stays correct only if it
+    survives every run (later runs attack only the survivors). Returns inputs that fool the model where any run did."""
+    xa, alive = x.clone(), predict(model, x) == y
+    for _ in range(restarts):
+        idx = alive.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        xa[idx] = pgd(model, x[idx], y[idx], eps, alpha, steps, random_start=True)
+        alive[idx] = predict(model, xa[idx]) == y[idx]
+    return xa
 
 
 def predict(model, x):
@@ -375,27 +397,124 @@ def attack(model, x, y, kind, eps, alpha=None, steps=7, random_start=False, gen=
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Training: the paper's mixed objective (Sec. 2.3). B clean images and B adversarial images crafted from them
-# with the current parameters; loss = (CE(clean) + CE(adv)) / 2, the halves forwarded separately in train
-# mode (separate BatchNorm batch statistics, as the authors). Natural training is the clean half alone.
+# Evaluation columns (evaluate.py runs each, the report shows it, bench counts it). A white-box column's attack
+# runs on the evaluated model; a black-box one's runs once on the DenseNet121 (evaluate.py --craft-from) and every
+# CIFAR-10 model classifies its examples (a column bb_X stores them as x_X). Worst: right under every column run.
+
+MASKING = ("rises-with-eps", "not-zero-at-max-eps", "pgd-above-fgsm", "strong-above-pgd", "bb-below-wb",
+           "adv-above-clean")  # evaluate.sanity_flags' gradient-masking checks: they void the white-box columns
+BB_VOID = ("bb-above-clean", "bb-source-at-chance")  # ... and these the black-box ones
+
+
+class Column(NamedTuple):
+    head: str
+    box: str  # 'clean', 'wb' (the model's own gradients), 'bb' (examples crafted on the DenseNet) or 'worst'
+    attack: object  # (model, x, y, eps, s) -> adversarial inputs, a pure attack; s: the evaluation's settings
+    # (steps, strong_steps, restarts, seed: evaluate.py's flags); None for clean and worst
+    cost: object  # s -> forward passes per image (an input-gradient backward ~1; bb: crafting): progress, bench
+    voided_by: tuple  # the sanity flags that void its numbers (the report's claims)
+    paper: bool  # one of Table 1's five; False: beyond the paper
+    draws: bool = False  # draws random numbers: run eagerly, never captured
+    switch: str = None  # evaluate.py's flag that runs it (--strong, --autoattack)
+
+
+def _autoattack(model, x, y, eps, s):
+    import torchattacks  # optional; evaluate.py --autoattack checks it is there before any work
+    return torchattacks.AutoAttack(model.eval(), norm="Linf", eps=eps, version="standard",
+                                   n_classes=model.linear.out_features, seed=s["seed"])(x, y)
+
+
+COLUMNS = {
+    "clean": Column("Clean", "clean", None, lambda s: 1, (), True),
+    "bb_fgsm": Column("BB-FGSM", "bb", lambda m, x, y, eps, s: fgsm(m, x, y, eps), lambda s: 3, BB_VOID, True),
+    "bb_pgd": Column("BB-PGD", "bb", lambda m, x, y, eps, s: pgd(m, x, y, eps, eps / 4, s["steps"]),
+                     lambda s: 2 * s["steps"] + 1, BB_VOID, True),
+    "wb_fgsm": Column("WB-FGSM", "wb", lambda m, x, y, eps, s: fgsm(m, x, y, eps), lambda s: 3, MASKING, True),
+    "wb_pgd": Column("WB-PGD", "wb", lambda m, x, y, eps, s: pgd(m, x, y, eps, eps / 4, s["steps"]),
+                     lambda s: 2 * s["steps"] + 1, MASKING + ("pgd-not-converged",), True),
+    # Carlini et al. 2019: PGD with random start, 50 steps of 2.5 eps / steps, 10 restarts, the per-example worst
+    "wb_strong": Column("WB-strong", "wb", lambda m, x, y, eps, s: pgd_restarts(
+        m, x, y, eps, 2.5 * eps / s["strong_steps"], s["strong_steps"], s["restarts"]),
+        lambda s: s["restarts"] * (2 * s["strong_steps"] + 1), MASKING, False, draws=True, switch="strong"),
+    "wb_cw": Column("WB-CW", "wb", lambda m, x, y, eps, s: pgd(m, x, y, eps, eps / 4, 20, loss=cw_margin),
+                    lambda s: 41, MASKING, False),
+    "autoattack": Column("AutoAttack", "wb", _autoattack, lambda s: 100, MASKING, False, True, "autoattack"),
+    "worst": Column("Worst", "worst", None, lambda s: 0, MASKING + BB_VOID + ("pgd-not-converged",), False),
+}
+PAPER_COLS = tuple(k for k, col in COLUMNS.items() if col.paper)  # Table 1's five, in its order
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training objectives. The paper's mixed objective (Sec. 2.3): B clean images and B adversarial images crafted from
+# them with the current parameters; loss = (CE(clean) + CE(adv)) / 2, the halves forwarded separately in train mode
+# (separate BatchNorm batch statistics, as the authors). Natural training is the clean half alone. An objective is
+# a row of OBJECTIVES: how its step crafts, what it minimises, the attack that validates it, and whether its step
+# draws random numbers (the engine then runs it eagerly: a CUDA graph would replay one draw forever).
+
+class Objective(NamedTuple):
+    craft: object  # (model, x, y, eps, steps, random_start, label_fix, gen) -> adversarial inputs or None; a pure
+    # attack (eval mode, the model left as found); random numbers only from gen (the epoch's generator)
+    loss: object  # (model, x, x_adv, y) -> (loss, clean logits, adversarial logits or None), in train mode
+    validate: str  # the attack of its validation accuracy, by name ('fgsm', 'pgd'; None: clean accuracy only)
+    draws: bool  # its step draws random numbers (beyond --random-start): the engine runs it eagerly
+    about: str
+    paper: bool  # one of the paper's (Table 1's rows, Figures 2-5, the claims); False: beyond the paper
+
+
+def mixed_loss(model, x, x_adv, y):
+    out = model(x)
+    loss, out_adv = F.cross_entropy(out, y), None
+    if x_adv is not None:
+        out_adv = model(x_adv)
+        loss = (loss + F.cross_entropy(out_adv, y)) / 2
+    return loss, out, out_adv
+
+
+def _fgsm_craft(model, x, y, eps, steps, random_start, label_fix, gen):
+    """FGSM crafted with the model's own predictions (label-leaking fix, Kurakin et al. 2016) when label_fix."""
+    return fgsm(model, x, predict(model, x) if label_fix else y, eps)
+
+
+def _trades_craft(model, x, y, eps, steps, random_start, label_fix, gen):
+    """TRADES' inner maximisation (Zhang et al. 2019): `steps` of eps/4 ascending KL(f(x) || f(x')) from
+    x + 0.001 N(0, 1), each projected onto the eps-ball and [0, 1]."""
+    with frozen_eval(model), torch.no_grad(), autocast(x.device):
+        p = F.softmax(model(x).float(), 1)
+    kl = lambda z, p: F.kl_div(F.log_softmax(z.float(), 1), p, reduction="sum")  # noqa: E731
+    xa = x + 0.001 * torch.randn(x.shape, device=x.device, generator=gen)
+    with frozen_eval(model):
+        for _ in range(steps):
+            xa = xa + eps / 4 * _input_grad(model, xa, p, kl).sign()
+            xa = torch.min(torch.max(xa, x - eps), x + eps).clamp_(0, 1)
+    return xa.detach()
+
+
+def _trades_loss(model, x, x_adv, y, beta=6.0):
+    """CE(clean) + beta KL(f(x) || f(x')), beta = 6 (Zhang et al.'s CIFAR-10 setting)."""
+    out, out_adv = model(x), model(x_adv)
+    kl = F.kl_div(F.log_softmax(out_adv.float(), 1), F.softmax(out.float(), 1), reduction="batchmean")
+    return F.cross_entropy(out, y) + beta * kl, out, out_adv
+
+
+OBJECTIVES = {
+    "nat": Objective(lambda *a: None, mixed_loss, None, False, "natural training", True),
+    "fgsm": Objective(_fgsm_craft, mixed_loss, "fgsm", False, "mixed clean + FGSM (label-leaking fix)", True),
+    "pgd": Objective(lambda m, x, y, eps, steps, rs, lf, gen: pgd(m, x, y, eps, eps / 4, steps, rs, gen),
+                     mixed_loss, "pgd", False, "mixed clean + PGD-7 of eps/4 (Madry et al.)", True),
+    "trades": Objective(_trades_craft, _trades_loss, "pgd", True, "TRADES, beta 6 (Zhang et al. 2019)", False),
+}
+PAPER_ADV = tuple(k for k, o in OBJECTIVES.items() if o.paper)  # the paper's grid, Table 1's rows, Figures 2-5
+
 
 def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False, label_fix=True, gen=None):
-    """One optimiser step; returns detached (loss, clean correct, adv correct) tensors: no host sync here.
-
-    FGSM crafts with the model's own predictions (label-leaking fix, Kurakin et al. 2016) when label_fix;
-    PGD crafts with the true labels (Madry et al.). gen draws PGD's random start.
-    """
-    x_adv = None
-    if adv != "nat":
-        y_craft = predict(model, x) if adv == "fgsm" and label_fix else y
-        x_adv = attack(model, x, y_craft, adv, eps, steps=steps, random_start=random_start, gen=gen)
+    """One optimiser step of objective adv; returns detached (loss, clean correct, adv correct) tensors: no host
+    sync here. gen draws the objective's random numbers (PGD's random start)."""
+    obj = OBJECTIVES[adv]
+    x_adv = obj.craft(model, x, y, eps, steps, random_start, label_fix, gen)
     with autocast(x.device):
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+        loss, out, out_adv = obj.loss(model, x, x_adv, y)
         correct_adv = torch.zeros((), device=x.device, dtype=torch.long)
-        if x_adv is not None:
-            out_adv = model(x_adv)
-            loss = (loss + F.cross_entropy(out_adv, y)) / 2
+        if out_adv is not None:
             correct_adv = (out_adv.argmax(1) == y).sum()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -413,24 +532,41 @@ def train_step(model, opt, x, y, adv="nat", eps=EPS, steps=7, random_start=False
 
 UNFREEZE = {1: "the new head only", 12: "the last stage (layer3) and the head", 56: "every layer"}
 PAPER_K = {1: 0, 12: 9, 56: 28}  # the paper's depths on ResNet56's scale of K
-# every allowed --unfreeze, shallow to deep (the Makefile's UNFREEZE_OK is this list)
+# every allowed depth, shallow to deep
 DEPTHS = (1, *(f"b{k}" for k in range(1, 9)), 12, *(f"b{k}" for k in range(10, 28)), 56)
 DEPTH_SWEEP = (1, "b1", "b3", "b6", 12, "b14", "b18", 56)  # `make depth`'s default DEPTHS: head to everything
 
 
+class Strategy(NamedTuple):
+    """A named transfer strategy beside the depths (beyond the paper): which modules train."""
+    train: object  # model (the fresh 10-class head in place) -> the modules whose parameters train; the rest freeze
+    about: str
+
+
+STRATEGIES = {
+    "bn": Strategy(lambda m: [m.linear, *(x for x in m.modules() if isinstance(x, nn.BatchNorm2d))],
+                   "BatchNorm's affine parameters and the head"),
+}
+# The paper's three strategies: its grid, Table 1's rows, Figures 2-5
+PAPER_UNF = tuple(UNFREEZE)
+
+
 def parse_unfreeze(u):
-    """A --unfreeze value as it is recorded: 1, 12, 56 (int) or 'bK' (str, 1 <= K <= 27, K != 9)."""
+    """A --unfreeze value as it is recorded: 1, 12, 56 (int), 'bK' (str, 1 <= K <= 27, K != 9) or a STRATEGIES name."""
     s = str(u)
     if s in ("1", "12", "56"):
         return int(s)
+    if s in STRATEGIES:
+        return s
     k = int(s[1:]) if s[:1] == "b" and s[1:].isdigit() else None
     paper = {v: p for p, v in PAPER_K.items()}.get(k)
     if paper is not None:
         raise UsageError(f"--unfreeze {s} is the paper's {paper}: {UNFREEZE[paper]}; write {paper}, so that one "
                          f"depth has one name")
     if k is None or not 1 <= k <= 27 or s != f"b{k}":
-        raise UsageError(f"--unfreeze {s}: use 1, 12 or 56 (the paper's three strategies) or bK, the last K of "
-                         f"ResNet56's 27 residual blocks plus the head (K = 1..27 but 9, which is 12), e.g. b3")
+        raise UsageError(f"--unfreeze {s}: use 1, 12 or 56 (the paper's three strategies), bK, the last K of "
+                         f"ResNet56's 27 residual blocks plus the head (K = 1..27 but 9, which is 12), e.g. b3, or a "
+                         f"named strategy ({', '.join(STRATEGIES)})")
     return s
 
 
@@ -438,54 +574,42 @@ def depth_k(unfreeze, n_blocks=27):
     """A depth's place on the scale, in residual blocks unfrozen from the output: 1 -> 0, 12 -> the last stage's
     blocks (9 on ResNet56), 56 -> all blocks + 1 (the stem), bK -> K. n_blocks: the ResNet's (27 for ResNet56)."""
     u = parse_unfreeze(unfreeze)
+    if u in STRATEGIES:
+        raise UsageError(f"--unfreeze {u} is a named strategy ({STRATEGIES[u].about}), not a depth")
     return {1: 0, 12: n_blocks // 3, 56: n_blocks + 1}[u] if isinstance(u, int) else int(u[1:])
 
 
 def describe_unfreeze(unfreeze):
-    """What a depth trains, in words."""
+    """What a depth or strategy trains, in words."""
     u = parse_unfreeze(unfreeze)
     if isinstance(u, int):
         return UNFREEZE[u]
+    if u in STRATEGIES:
+        return STRATEGIES[u].about
     return "the last residual block and the head" if u == "b1" else f"the last {u[1:]} residual blocks and the head"
 
 
 def freeze(model, unfreeze):
     """Set requires_grad for a depth (parse_unfreeze): 1 (the head), 12 (layer3 + head: the authors' loop unfreezes
-    all of layer3, which the paper calls 'the last block'), 56 (everything) or bK (the last K residual blocks and
-    the head). Returns the trainable parameters for the optimiser."""
+    all of layer3, which the paper calls 'the last block'), 56 (everything), bK (the last K residual blocks and
+    the head) or a named strategy. Returns the trainable parameters for the optimiser."""
     blocks = [*model.layer1, *model.layer2, *model.layer3]  # forward order: the last K are blocks[len - K:]
-    k = depth_k(unfreeze, len(blocks))
-    if isinstance(parse_unfreeze(unfreeze), str) and k > len(blocks):  # a smaller ResNet than ResNet56
+    u = parse_unfreeze(unfreeze)
+    k = None if u in STRATEGIES else depth_k(u, len(blocks))
+    if isinstance(u, str) and k is not None and k > len(blocks):  # a smaller ResNet than ResNet56
         raise UsageError(f"--unfreeze {unfreeze}: this ResNet has {len(blocks)} residual blocks; use a bK with K <= "
                          f"{len(blocks)}, or 56 for everything")
-    if isinstance(parse_unfreeze(unfreeze), str) and k == len(blocks) // 3:  # as b9 on ResNet56: one depth, one name
+    if isinstance(u, str) and k == len(blocks) // 3:  # as b9 on ResNet56: one depth, one name
         raise UsageError(f"--unfreeze {unfreeze} is this ResNet's 12 (its layer3 has {k} residual block"
                          f"{'s' * (k > 1)}): {UNFREEZE[12]}; write 12, so that one depth has one name")
-    train = [model] if k == len(blocks) + 1 else [model.linear, *blocks[len(blocks) - k:]]
+    train = (STRATEGIES[u].train(model) if k is None else [model] if k == len(blocks) + 1
+             else [model.linear, *blocks[len(blocks) - k:]])
     for p in model.parameters():
         p.requires_grad_(False)
     for m in train:
         for p in m.parameters():
             p.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def depth_table(arch="resnet56", num_classes=10):
-    """[(depth, K, trainable weight layers, trainable parameters)] for every allowed depth (README's table)."""
-    model, rows = build_model(arch, num_classes), []
-    n_blocks = len([*model.layer1, *model.layer2, *model.layer3])
-    for u in DEPTHS:
-        if isinstance(u, str) and depth_k(u) in (n_blocks // 3, *range(n_blocks + 1, 28)):
-            continue  # a smaller ResNet's 12 under another name, or beyond its blocks
-        params = freeze(model, u)
-        layers = sum(m.weight.requires_grad for m in weight_layers(model))
-        rows.append((u, depth_k(u, n_blocks), layers, sum(p.numel() for p in params)))
-    return sorted(rows, key=lambda r: r[1])
-
-
-# The paper's grid as the Makefile builds it by default; bench.py's estimate counts from here.
-GRID = {"sources": ADV, "baselines": ADV, "transfer cohorts": [(s, t) for s in ADV for t in ADV],
-        "unfreeze": tuple(UNFREEZE)}
 
 
 def set_train_mode(model, freeze_bn=False):
@@ -528,26 +652,7 @@ def model_from_checkpoint(ck, device="cpu", what="checkpoint"):
     return model.to(device)
 
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Catastrophic overfitting, judged on what the training loop records every epoch.
-
-COLLAPSE = 0.3  # catastrophic overfitting: train-batch PGD accuracy below 30% of its best so far (best >= 10%)
-
-
-def collapse_verdict(rows):
-    """Catastrophic overfitting (Wong et al. 2020): FGSM training can send PGD accuracy to ~0 while FGSM accuracy
-    stays high. Judged on the per-epoch PGD accuracy of a fixed training batch (train_batch_pgd): the first
-    epoch where it falls below COLLAPSE x its best so far, once that best is at least 10% (below, the 256-image
-    monitor is noise). None, or a sentence saying where."""
-    best, best_ep = -1.0, None
-    for r in rows:
-        v = r.get("train_batch_pgd")
-        if v is None:
-            continue
-        if v > best:
-            best, best_ep = v, r["epoch"]
-        elif best >= 10 and v < COLLAPSE * best:
-            return (f"train-batch PGD accuracy fell to {v:.1f}% at epoch {r['epoch']} from {best:.1f}% at epoch "
-                    f"{best_ep} (last epoch {rows[-1]['train_batch_pgd']:.1f}%)")
-    return None
+if __name__ == "__main__":  # the names Make checks its variables against (`python common.py`)
+    import common  # the module the scripts import, with whatever a wrapper registered in it
+    print(*(f"adv:{k}" for k in common.OBJECTIVES), *(f"depth:{d}" for d in common.DEPTHS),
+          *(f"strategy:{k}" for k in common.STRATEGIES))

@@ -58,7 +58,9 @@ def eval_step(model, kind=None, eps=c.EPS, alpha=None, steps=7, random_start=Fal
     with the true labels. Captured per batch size where it can be (capture: auto, on or off; None: the
     process's, see capturing), else eager."""
     def eager(x, y):
-        if kind:
+        if callable(kind):  # an evaluation column's attack, its settings bound: f(model, x, y) -> inputs
+            x = kind(model, x, y)
+        elif kind:
             x = c.attack(model, x, y, kind, eps, alpha, steps, random_start)
         return c.predict(model, x) == y
     mode = capture or _CAPTURE.get()
@@ -71,7 +73,7 @@ def eval_step(model, kind=None, eps=c.EPS, alpha=None, steps=7, random_start=Fal
         key = (kind, eps, alpha, steps, len(y), c._PRECISION.get())
         if key not in graphs:  # attacks leave the model as found: nothing to restore after the warm-up
             xs, ys = x.clone(), y.clone()
-            what = f"{kind or 'clean'} evaluation graph (batch {len(y)})"
+            what = f"{getattr(kind, 'name', kind) or 'clean'} evaluation graph (batch {len(y)})"
 
             def check(out):  # the first replay against eager predictions on the same batch
                 n = (out != eager(x, y)).sum().item()
@@ -310,11 +312,14 @@ def make_step(models, opts, adv, eps=c.EPS, steps=7, random_start=False, label_f
 
     Eager: train_step for each member in turn, exactly a separate run's computation. Captured (capture auto or on,
     on CUDA): all members in one graph; a random start is drawn from each member's own generator, which a replay
-    cannot redraw, so --random-start stays eager.
+    cannot redraw, so --random-start stays eager, as does an objective that draws random numbers (its table's
+    `draws`).
     """
     mode = capture or _CAPTURE.get()
-    ran = {"why": why_eager(mode, _device_of(models[0]), random_start), "capture": mode, "captured": 0, "eager": 0,
-           "cohort": len(models)}
+    why = why_eager(mode, _device_of(models[0]), random_start)
+    if why is None and c.OBJECTIVES[adv].draws:  # a replay would reuse one draw: eager, the reason recorded
+        why = f"{adv} draws random numbers"
+    ran = {"why": why, "capture": mode, "captured": 0, "eager": 0, "cohort": len(models)}
 
     def eager(batches, gens):
         return [c.train_step(m, o, x, y, adv, eps, steps, random_start, label_fix, g)
@@ -646,8 +651,9 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
     # A fixed training batch, attacked with PGD each epoch: FGSM training's catastrophic overfitting shows as
     # this accuracy collapsing while FGSM accuracy stays high (Wong et al. 2020).
     n_mon = min(256, len(xtr) // 8)
-    # the validation attack, named in the logs: the training's own (FGSM with predicted labels under the fix)
-    val_attack = "fgsm(pred. labels)" if adv == "fgsm" and label_fix else f"{adv}(true labels)"
+    # the validation attack, named in the logs: the objective's (FGSM with predicted labels under the fix)
+    val = c.OBJECTIVES[adv].validate
+    val_attack = "fgsm(pred. labels)" if val == "fgsm" and label_fix else f"{val}(true labels)"
     xmon, ymon = xtr[:n_mon], ytr[:n_mon]  # uint8, as accuracy() expects: it scales by 1/255 itself
     spent = [0.0]  # seconds of the epochs trained in this process, validation included: the time-left estimate
 
@@ -656,17 +662,17 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
         loss, tr_clean, tr_adv = (m["tot"] / len(xtr) * torch.tensor([1.0, 100, 100], device=device)).tolist()
         net = m["model"]
         val_clean = accuracy(net, xva, yva)
-        if adv == "fgsm" and label_fix:  # the attack the model trains on: FGSM crafted with its own predictions
+        if val == "fgsm" and label_fix:  # the attack the model trains on: FGSM crafted with its own predictions
             right = sum(int((c.predict(net, c.fgsm(net, xb, c.predict(net, xb), eps)) == yb).sum())
                         for xb, yb in c.batches(xva, yva, 500))
             val_adv = 100 * right / len(xva)
         else:
-            val_adv = accuracy(net, xva, yva, kind=adv, eps=eps, steps=steps) if adv != "nat" else None
-        mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=steps) if adv != "nat" else None
+            val_adv = accuracy(net, xva, yva, kind=val, eps=eps, steps=steps) if val else None
+        mon_pgd = accuracy(net, xmon, ymon, kind="pgd", eps=eps, steps=steps) if val else None
         score = val_clean if val_adv is None else (val_clean + val_adv) / 2
         row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_clean": tr_clean, "val_clean": val_clean,
                "seconds": dt, "images_per_s": len(xtr) / dt}
-        if adv != "nat":
+        if val:
             row.update(train_adv=tr_adv, val_adv=val_adv, val_attack=val_attack, train_batch_pgd=mon_pgd)
         m["rows"].append(row)
         if score > m["best"]["score"]:
@@ -678,8 +684,8 @@ def fit(members, *, dataset, adv, epochs, lr, wd, milestones, batch_size, eps, s
                     m["out"][:-3] + ".last.pt")
         # rewritten whole each epoch: a resumed log has no duplicates
         atomic_save("".join(json.dumps(r) + "\n" for r in m["rows"]), m["out"][:-3] + ".jsonl")
-        adv_txt = "" if adv == "nat" else f" adv {tr_adv:5.1f}%"
-        vadv_txt = "" if adv == "nat" else f" {val_attack} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
+        adv_txt = "" if not val else f" adv {tr_adv:5.1f}%"
+        vadv_txt = "" if not val else f" {val_attack} {val_adv:5.1f}% | train-batch pgd {mon_pgd:5.1f}%"
         left = (epochs - epoch - 1) * (spent[0] + time.time() - t0) / (epoch + 1 - first)
         say(m, f"epoch {epoch + 1:3d}/{epochs} | loss {loss:.3f} | train clean {tr_clean:5.1f}%{adv_txt} | "
                f"val clean {val_clean:5.1f}%{vadv_txt} | lr {lr:.3g} | {len(xtr) / dt:,.0f} img/s"
@@ -802,7 +808,7 @@ def _finish(m, dataset, adv, eps, n_train, n_val, device):
     """Write member m's final checkpoint (its best epoch) and summary."""
     rows, best = m["rows"], m["best"]
     info = {**m["info"], "dataset": dataset, "adv": adv, "args": m["args"], "n_train": n_train, "n_val": n_val,
-            "collapse": c.collapse_verdict(rows)}
+            "collapse": collapse_verdict(rows)}
     summary = {**info, "eps": eps, "eps_paper_scale": 2 * eps, "best_epoch": best["epoch"],
                "best_val": best["metrics"], "last": rows[-1], "wall_s": sum(r["seconds"] for r in rows),
                **provenance(device)}
@@ -813,3 +819,27 @@ def _finish(m, dataset, adv, eps, n_train, n_val, device):
            + (f"; WARNING catastrophic overfitting: {info['collapse']}" if info["collapse"] else ""))
     m["log"].close()
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Catastrophic overfitting, judged on what the training loop records every epoch.
+
+COLLAPSE = 0.3  # catastrophic overfitting: train-batch PGD accuracy below 30% of its best so far (best >= 10%)
+
+
+def collapse_verdict(rows):
+    """Catastrophic overfitting (Wong et al. 2020): FGSM training can send PGD accuracy to ~0 while FGSM accuracy
+    stays high. Judged on the per-epoch PGD accuracy of a fixed training batch (train_batch_pgd): the first
+    epoch where it falls below COLLAPSE x its best so far, once that best is at least 10% (below, the 256-image
+    monitor is noise). None, or a sentence saying where."""
+    best, best_ep = -1.0, None
+    for r in rows:
+        v = r.get("train_batch_pgd")
+        if v is None:
+            continue
+        if v > best:
+            best, best_ep = v, r["epoch"]
+        elif best >= 10 and v < COLLAPSE * best:
+            return (f"train-batch PGD accuracy fell to {v:.1f}% at epoch {r['epoch']} from {best:.1f}% at epoch "
+                    f"{best_ep} (last epoch {rows[-1]['train_batch_pgd']:.1f}%)")
+    return None

@@ -75,10 +75,6 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def correct(model, x, y):
-    return c.predict(model, x) == y
-
-
 def say(line):
     """A line of this run on stdout, named by its output (several evaluations of `make -j` share a terminal)."""
     print(f"[{WHO}] {line}", flush=True)
@@ -107,17 +103,16 @@ class Progress:
                 f"about {engine._fmt_time(left)} left")
 
 
-def pgd_restarts(model, x, y, eps, alpha, steps, restarts):
-    """Per-example worst case over `restarts` runs of PGD with random start: an example stays correct only if
-    it survives every run. Later restarts attack only the survivors (they cannot change the others)."""
-    alive = correct(model, x, y)
-    for _ in range(restarts):
-        idx = alive.nonzero().flatten()
-        if len(idx) == 0:
-            break
-        xa = c.pgd(model, x[idx], y[idx], eps, alpha, steps, random_start=True)
-        alive[idx] = correct(model, xa, y[idx])
-    return alive
+def settings(a):
+    """The evaluation's settings an evaluation column's attack receives (common.Column)."""
+    return {"steps": a.steps, "strong_steps": a.strong_steps, "restarts": a.restarts, "seed": a.seed}
+
+
+def bind(attack, name, eps, s):
+    """An evaluation column's attack as engine.eval_step takes it: f(model, x, y) -> inputs, named for messages."""
+    f = lambda model, x, y: attack(model, x, y, eps, s)  # noqa: E731
+    f.name = name
+    return f
 
 
 def noise_tol(clean, n):
@@ -255,22 +250,24 @@ def craft_blackbox(a, ck, device):
     out = {"dataset": "cifar10", "source": a.craft_from, "source_arch": ck["arch"], "eps": eps, "steps": a.steps,
            "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), "inputs": inputs(a), **engine.provenance(device)}
     t0 = time.time()
-    progress = Progress(len(y), len(y) * (1 + a.steps))
+    cols, s = {k: col for k, col in c.COLUMNS.items() if col.box == "bb"}, settings(a)
+    progress = Progress(len(y), len(y) * sum(col.cost(s) for col in cols.values()))
     with engine.output_lock(a.out):
-        for kind, cost in (("fgsm", 1), ("pgd", a.steps)):
-            adv, done = [], 0
+        for name, col in cols.items():  # bb_X: its examples are x_X
+            kind, adv, done = name[3:], [], 0
             for xb, yb in c.batches(x, y, a.batch_size):
-                adv.append(c.attack(model, xb, yb, kind, eps, steps=a.steps).cpu())
+                adv.append(col.attack(model, xb, yb, eps, s).cpu())
                 done += len(yb)
-                progress(f"crafting BB-{kind.upper()}", done, len(yb) * cost)
+                progress(f"crafting {col.head}", done, len(yb) * col.cost(s))
             out["x_" + kind] = torch.cat(adv)
             pred = torch.cat([c.predict(model, xb.to(device)) for xb in out["x_" + kind].split(a.batch_size)])
             out["source_acc_" + kind] = 100 * (pred == y).float().mean().item()  # in batches: 10,000 at once is GiBs
         out["source_acc_clean"] = engine.accuracy(model, x, y)
         engine.atomic_save(out, a.out)
-    say(f"crafted {len(y)} black-box FGSM/PGD-{a.steps} examples on {ck['arch']} ({c.eps_str(eps)}) in "
-          f"{time.time() - t0:.0f}s: source accuracy clean {out['source_acc_clean']:.1f}%, on its own FGSM "
-          f"{out['source_acc_fgsm']:.1f}%, PGD {out['source_acc_pgd']:.1f}%; wrote {a.out}")
+    say(f"crafted {len(y)} black-box examples ({', '.join(col.head for col in cols.values())}) on {ck['arch']} "
+        f"({c.eps_str(eps)}) in {time.time() - t0:.0f}s: source accuracy clean {out['source_acc_clean']:.1f}%, on "
+        f"its own examples " + ", ".join(f"{col.head} {out['source_acc_' + k[3:]]:.1f}%" for k, col in cols.items())
+        + f"; wrote {a.out}")
 
 
 def load_test(dataset, a):
@@ -293,7 +290,8 @@ def training_record(ck):
     return {"arch": ck["arch"], "growth": ck.get("growth"), **{k: args.get(k) for k in TRAIN_ARGS},
             "n_train": ck.get("n_train"), "n_val": ck.get("n_val"), "init": ck.get("init"),
             "epoch": ck.get("epoch"), "val": ck.get("metrics"), "collapse": ck.get("collapse"),
-            "rows": ck.get("rows") or [], "provenance": ck.get("provenance"), "steps_ran": ck.get("steps_ran")}
+            "rows": ck.get("rows") or [], "provenance": ck.get("provenance"), "steps_ran": ck.get("steps_ran"),
+            "source": ck.get("source_train")}  # a transfer's: how its source was trained (its departures)
 
 
 def main(argv=None):
@@ -424,34 +422,32 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     eps, t0, n = a.eps / 256, time.time(), len(y)
     say(f"evaluating {a.ckpt} on {n} {dataset} test images, {c.eps_str(eps)}")
     eps_list = sorted(int(e) if e == int(e) else e for e in a.curve_eps) if a.curve else []
-    strong_cost = a.strong_steps * a.restarts if a.strong else 0
-    progress = Progress(n, n * (2 + a.steps + strong_cost + a.steps * sum(e != a.eps for e in eps_list)))
-    ok = {"clean": [], "wb_fgsm": [], "wb_pgd": [], "wb_strong": [], "bb_fgsm": [], "bb_pgd": []}
-    # the paper's attacks, captured on CUDA (engine.eval_step); the strong one starts at random points: eager
-    clean, fgsm, pgd = (engine.eval_step(model), engine.eval_step(model, "fgsm", eps),
-                        engine.eval_step(model, "pgd", eps, eps / 4, a.steps))
+    s, pgd_cost = settings(a), c.COLUMNS["wb_pgd"].cost(settings(a))  # the curve's points cost a WB-PGD each
+    cols = {k: col for k, col in c.COLUMNS.items() if (col.box != "bb" or bb is not None) and
+            (not col.switch or getattr(a, col.switch))}  # the columns this evaluation runs (common.COLUMNS)
+    progress = Progress(n, n * (sum(col.cost(s) for col in cols.values() if col.box == "wb")
+                                + pgd_cost * sum(e != a.eps for e in eps_list)))
+    ok = {k: [] for k in cols if cols[k].box != "worst"}
+    # white-box attacks captured on CUDA where they can be (engine.eval_step); one that draws random numbers: eager
+    clean = engine.eval_step(model)
+    wb = {k: engine.eval_step(model, bind(col.attack, k, eps, s), random_start=col.draws)
+          for k, col in cols.items() if col.box == "wb"}
     done, counts = 0, torch.zeros(c.NUM_CLASSES[dataset], dtype=torch.long, device=y.device)
     for i, (xb, yb) in enumerate(c.batches(x, y, a.batch_size)):
         done += len(yb)
-        ok["clean"].append(clean(xb, yb))
         counts += torch.bincount(c.predict(model, xb), minlength=len(counts))  # the constant-class check
-        ok["wb_fgsm"].append(fgsm(xb, yb))
-        progress("WB-FGSM", done, 2 * len(yb))
-        ok["wb_pgd"].append(pgd(xb, yb))
-        progress(f"WB-PGD-{a.steps}", done, a.steps * len(yb))
-        if a.strong:
-            ok["wb_strong"].append(pgd_restarts(model, xb, yb, eps, 2.5 * eps / a.strong_steps, a.strong_steps,
-                                                a.restarts))
-            progress(f"WB-strong ({a.restarts} restarts)", done, strong_cost * len(yb))
-        if bb is not None:
-            sl = slice(i * a.batch_size, i * a.batch_size + len(yb))
-            for k in ("fgsm", "pgd"):
-                ok["bb_" + k].append(clean(bb["x_" + k][sl].to(device), yb))
-    ok = {k: torch.cat(v) for k, v in ok.items() if v}
-    ok["worst"] = torch.stack(list(ok.values())).all(0)
-    if a.autoattack:
-        ok["autoattack"] = autoattack(model, x, y, eps, a, dataset)
-        ok["worst"] &= ok["autoattack"]
+        sl = slice(i * a.batch_size, i * a.batch_size + len(yb))
+        for k, col in cols.items():
+            if col.box == "clean":
+                ok[k].append(clean(xb, yb))
+            elif col.box == "bb":  # bb_X: the examples x_X crafted once on the DenseNet
+                ok[k].append(clean(bb["x_" + k[3:]][sl].to(device), yb))
+            elif col.box == "wb":
+                ok[k].append(wb[k](xb, yb))
+                progress(col.head, done, col.cost(s) * len(yb))
+    ok = {k: torch.cat(v) for k, v in ok.items()}
+    if "worst" in cols:
+        ok["worst"] = torch.stack(list(ok.values())).all(0)
     acc = {k: 100 * v.sum().item() / len(v) for k, v in ok.items()}  # as engine.accuracy: exact ties
     curve = None
     if a.curve:
@@ -524,16 +520,6 @@ def load_blackbox(path, y, a, x=None):
         raise c.UsageError(f"{path} holds no perturbations of these {len(y)} test images from {a.data_dir!r} (crafted "
                            f"from {bb.get('data_dir')!r}); recraft it with the same --data-dir and --limit")
     return bb
-
-
-def autoattack(model, x, y, eps, a, dataset):
-    try:
-        import torchattacks
-    except ImportError:
-        raise c.UsageError("--autoattack needs the optional package torchattacks: pip install torchattacks")
-    aa = torchattacks.AutoAttack(model.eval(), norm="Linf", eps=eps, version="standard",
-                                 n_classes=c.NUM_CLASSES[dataset], seed=a.seed)
-    return torch.cat([correct(model, aa(xb, yb), yb) for xb, yb in c.batches(x, y, a.batch_size)])
 
 
 INTERRUPTED = ("interrupted; nothing was written (an evaluation or a crafting saves only when it ends): run the same "

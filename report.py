@@ -33,16 +33,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402  (the depth scale of `make depth`: parse_unfreeze, depth_k, depth_table)
+import common  # noqa: E402  (the tables of methods, and the depth scale of `make depth`)
 
-from common import COLLAPSE, UsageError, binomial_se, eps_str  # noqa: E402
-from engine import check_writable, output_lock, run_main  # noqa: E402
+from common import UsageError, binomial_se, eps_str  # noqa: E402
+from engine import COLLAPSE, check_writable, output_lock, run_main  # noqa: E402
 
-ADV, UNF = ("nat", "fgsm", "pgd"), (1, 12, 56)
-COLS = ("clean", "bb_fgsm", "bb_pgd", "wb_fgsm", "wb_pgd")  # Table 1's order
-EXTRA = ("wb_strong", "autoattack", "worst")  # evaluate.py's stronger evaluation, beyond the paper
-HEAD = {"clean": "Clean", "bb_fgsm": "BB-FGSM", "bb_pgd": "BB-PGD", "wb_fgsm": "WB-FGSM", "wb_pgd": "WB-PGD",
-        "wb_strong": "WB-strong", "autoattack": "AutoAttack", "worst": "Worst"}
+# Every name comes from common's tables; the paper's lists (PAPER_*) alone make Table 1's rows, Figures 2-5 and the
+# claims, so a method beyond the paper shows only below the tables' "beyond the paper" rule and in its own figure.
+ADV, UNF = common.PAPER_ADV, common.PAPER_UNF
+COLS = common.PAPER_COLS  # Table 1's order
+EXTRA = tuple(k for k, col in common.COLUMNS.items() if not col.paper)  # beyond the paper, in the table's order
+HEAD = {k: col.head for k, col in common.COLUMNS.items()}
+FIG4_EXTRA = ("wb_strong", "autoattack", "worst")  # Figure 4's stronger evaluation beside Table 1's five
+BEYOND = "*beyond the paper*"
 MISSING = "–"
 COLLAPSE_RULE = ("catastrophic overfitting (Wong et al. 2020), judged by the training itself: the PGD accuracy of a "
                  f"fixed training batch, measured every epoch, falling below {COLLAPSE:g} x its best so far once that "
@@ -116,6 +119,7 @@ SETTING = {"arch": "architecture", "epochs": "epochs", "batch_size": "batch (cle
            "steps": "training PGD steps", "random_start": "training PGD random start",
            "label_fix": "FGSM label-leaking fix", "freeze_bn": "frozen BatchNorm", "bb_source": "black-box source",
            "growth": "DenseNet growth rate", "train": "training record"}
+SETTING.update({"src_" + k: "source's " + v for k, v in list(SETTING.items())})  # a transfer's source's settings
 
 
 def recorded(e):
@@ -135,13 +139,16 @@ def departures(evals):
     A setting a run did not record is not judged, except a missing training record as a whole."""
     out = {}
     for e in sorted(evals, key=order):
-        want, have = protocol(e), recorded(e)
         diffs = [("train", "not recorded", "recorded")] if not e.get("train") else []
-        for k, v in want.items():
-            h = have.get(k)
-            if h is not None and not (h == v or isinstance(v, float) and isinstance(h, (int, float))
-                                      and math.isclose(h, v)):
-                diffs.append((k, show_setting(h), show_setting(v)))
+        src = (e.get("train") or {}).get("source")  # a transfer's source: its departures are the transfer's too
+        for pre, ev in [("", e)] + ([("src_", {"role": "source", "adv": e.get("src"), "train": src})]
+                                    if e["role"] == "transfer" and isinstance(src, dict) else []):
+            want, have = protocol(ev), recorded(ev)
+            for k, v in want.items():
+                h = have.get(k)
+                if h is not None and not (h == v or isinstance(v, float) and isinstance(h, (int, float))
+                                          and math.isclose(h, v)):
+                    diffs.append((pre + k, show_setting(h), show_setting(v)))
         for d in diffs:
             out.setdefault(d, [])
             if label(e) not in out[d]:
@@ -187,10 +194,32 @@ def label(e):  # any evaluated model, for messages
     return {"c10": name(e["_key"]), "src": f"CIFAR-100 source {e['_key']}", "bb": "DenseNet121"}[e["_table"]]
 
 
-def order(e):  # Table 1's rows (then a depth sweep's other depths), the CIFAR-100 sources, the DenseNet; by seed
+def order(e):  # Table 1's rows (then a depth sweep's other depths, then rows beyond the paper), the CIFAR-100
+    # sources, the DenseNet; by seed
+    k = e["_key"]
     return ({"c10": 0, "src": 1, "bb": 2}[e["_table"]],
-            (ROWS.index(e["_key"]) if e["_key"] in ROWS else depth_order(e)) if e["_table"] == "c10"
-            else ADV.index(e["_key"]) if e["_table"] == "src" else 0, e["seed"])
+            (ROWS.index(k) if k in ROWS else depth_order(e) if k not in beyond_keys([k]) else 10 ** 6)
+            if e["_table"] == "c10" else ADV.index(k) if k in ADV else len(ADV) if e["_table"] == "src" else 0,
+            k, e["seed"])
+
+
+def is_beyond(e):
+    """An evaluation of a row beyond the paper (common's tables), which Figures 2-5 and the claims never read."""
+    return e["_table"] == "src" and e["_key"] not in ADV or e["_table"] == "c10" and bool(beyond_keys([e["_key"]]))
+
+
+def src_keys(g):
+    """The CIFAR-100 sources' rows: the paper's three, then those beyond the paper that ran."""
+    return list(ADV) + sorted(k for t, k in g if t == "src" and k not in ADV)
+
+
+def beyond_keys(keys):
+    """The keys of rows beyond the paper (an objective or a named strategy not the paper's), sorted: Table 1 shows
+    them below its rule. A depth of the sweep (bK) of the paper's objectives is `make depth`'s, not a row here."""
+    def paper(k):
+        *st, u = k.split("-") if "-" in k else [k, 1]
+        return all(common.OBJECTIVES[x].paper for x in st) and str(u) not in common.STRATEGIES
+    return sorted(k for k in dict.fromkeys(keys) if k not in ROWS and not paper(k))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,6 +240,15 @@ def load(run):
                 e = check(json.load(f), p)
         except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, odd shapes
             raise UsageError(f"cannot read {p} ({str(err).splitlines()[0]}); delete it and rerun its evaluation")
+        except Unknown as u:  # a method this code does not define: one line, and the rest of the report
+            SKIPPED.append(f"{os.path.relpath(p, run)}: {u}")
+            print(f"note: {SKIPPED[-1]}", flush=True)
+            continue
+        unknown = sorted(set(e["acc"]) - set(common.COLUMNS))
+        if unknown:
+            SKIPPED.append(f"{os.path.relpath(p, run)}: column {', '.join(unknown)} is in no table; register it "
+                           f"in common.COLUMNS (README, \"Add your own\") to show it")
+            print(f"note: {SKIPPED[-1]}", flush=True)
         k = (e["_table"], e["_key"], e["seed"])
         if k in seen:
             raise UsageError(f"{seen[k]} and {p} both evaluate {label(e)} seed {e['seed']}; delete one")
@@ -219,18 +257,34 @@ def load(run):
     return evals
 
 
+class Unknown(Exception):
+    """An evaluation of a method no table of common.py defines: left out of the report, with one line."""
+
+
+SKIPPED = []  # those lines, for report.md
+
+
 def check(e, p):
     def bad(why):
         return UsageError(f"{p} is not an evaluation this report can read ({why}); delete it and rerun evaluate.py")
     if not isinstance(e, dict) or not isinstance(e.get("acc"), dict):
         raise bad("no 'acc' object")
     role = e.get("role")
+    for k in ("src", "tgt") if role == "transfer" else ("adv",) if role in ("baseline", "source") else ():
+        if isinstance(e.get(k), str) and e[k] not in common.OBJECTIVES:
+            raise Unknown(f"training objective {e[k]!r} is in no table; register it in common.OBJECTIVES (README, "
+                          f"\"Add your own\") to report it")
+    if role == "transfer" and isinstance(e.get("unfreeze"), str) and not e["unfreeze"][1:].isdigit() \
+            and e["unfreeze"] not in common.STRATEGIES:
+        raise Unknown(f"transfer strategy {e['unfreeze']!r} is in no table; register it in common.STRATEGIES (README, "
+                      f"\"Add your own\") to report it")
     if role == "transfer":
-        if e.get("src") not in ADV or e.get("tgt") not in ADV or not is_depth(e.get("unfreeze")):
+        if e.get("src") not in common.OBJECTIVES or e.get("tgt") not in common.OBJECTIVES or not is_depth(
+                e.get("unfreeze")):
             raise bad(f"transfer with src={e.get('src')!r} tgt={e.get('tgt')!r} unfreeze={e.get('unfreeze')!r}")
         e["_table"], e["_key"] = "c10", tkey(e["src"], e["tgt"], e["unfreeze"])
     elif role in ("baseline", "source"):
-        if e.get("adv") not in ADV:
+        if e.get("adv") not in common.OBJECTIVES:
             raise bad(f"adv={e.get('adv')!r}")
         e["_table"], e["_key"] = ("c10" if role == "baseline" else "src"), e["adv"]
     elif role == "blackbox":
@@ -326,7 +380,8 @@ def what_ran(g):
     def tr(field):
         return lambda e: (e.get("train") or {}).get(field)
     rows = []
-    for tk in [("c10", k) for k in ROWS] + [("src", k) for k in ADV] + [("bb", "densenet")]:
+    c10 = ROWS + beyond_keys(k for t, k in g if t == "c10")
+    for tk in [("c10", k) for k in c10] + [("src", k) for k in src_keys(g)] + [("bb", "densenet")]:
         es = g.get(tk)
         if es:
             rows.append([f"`{label(es[0])}`"] + [vals(es, tr(f)) for f in ("arch", "epochs", "epoch", "n_train",
@@ -340,9 +395,11 @@ def what_ran(g):
 def tables(g, flags, extra):
     """table1.md's text and table1.csv's rows (every column; a missing value is MISSING in the text, empty in the
     CSV, so that numeric columns stay numeric)."""
-    md, rows = [], []
-    for k in ROWS:
+    md, rows, beyond = [], [], beyond_keys(k for t, k in g if t == "c10")
+    for k in ROWS + beyond:
         es, paper, fl = g.get(("c10", k), []), PAPER.get(k, (None,) * 5), flags.get(("c10", k), [])
+        if beyond and k == beyond[0]:  # the rule: what follows is no row of the paper's Table 1
+            md.append([BEYOND] + [""] * (len(COLS + extra) + 2))
         md.append([f"`{name(k)}`", len(es)] + [fmt(stat(es, c), p, len(es)) for c, p in zip(COLS, paper)]
                   + [fmt(stat(es, c), None, len(es)) for c in extra] + [", ".join(fl)])
         r = {"network": name(k), "key": k, "n_seeds": len(es)}
@@ -355,15 +412,20 @@ def tables(g, flags, extra):
                 r[c + "_diff"] = f"{s[0] - p:+.2f}" if s and p is not None else ""
         rows.append({**r, "flags": " ".join(fl)})
     src = []
-    for k in ADV:
+    for k in src_keys(g):
         es = g.get(("src", k), [])
-        src.append([f"`{k}`", len(es)] + [fmt(stat(es, c), p, len(es)) for c, p in zip(SRC_COLS, PAPER_SRC[k])]
+        if k not in ADV and k == src_keys(g)[len(ADV)]:
+            src.append([BEYOND] + [""] * (len(SRC_COLS) + 2))
+        src.append([f"`{k}`", len(es)] + [fmt(stat(es, c), p, len(es)) for c, p in
+                                          zip(SRC_COLS, PAPER_SRC.get(k, (None,) * 3))]
                    + [", ".join(flags.get(("src", k), []))])
     dn = g.get(("bb", "densenet"), [])
     text = ("# Table 1: CIFAR-10 test accuracy (%)\n\nEach cell: reproduced (mean ± sample std over the n seeds "
             "when n > 1: in the tables ± is always the seed spread) (the paper's value, reproduced − paper); "
-            f"{MISSING} = not run. The last 6 rows are transfers "
-            "the paper did not show.\n\n"
+            f"{MISSING} = not run. The last 6 rows" + (" above the rule" if beyond else "")
+            + " are transfers the paper did not show"
+            + (f"; below the rule ({BEYOND}), methods beyond the paper (common's tables)" if beyond else "")
+            + ".\n\n"
             + md_table(["Network", "n"] + [HEAD[c] for c in COLS + extra] + ["flags"], md)
             + "\n## CIFAR-100 sources (CIFAR-100 test set; paper: the authors' result files)\n\n"
             + md_table(["Source", "n"] + [HEAD[c] for c in SRC_COLS] + ["flags"], src)
@@ -389,12 +451,9 @@ ALPHA = 0.025  # per side: one comparison's interval is a 95% two-sided one
 SEED_SD = 1.0
 FLOOR = 5.0  # points: a row within this of 0% or 100% is pressed against the bound, no measure of spread
 POWER = 0.8  # the minimum detectable effect of each comparison is at this power
-WB = ("wb_fgsm", "wb_pgd", "wb_strong", "autoattack", "worst")
-BLOCKS = {  # flag -> the columns whose numbers it voids; a flag not listed here voids the whole row
-    "pgd-not-converged": ("wb_pgd", "worst"), "rises-with-eps": WB, "not-zero-at-max-eps": WB,
-    "pgd-above-fgsm": WB, "strong-above-pgd": WB, "bb-below-wb": WB, "adv-above-clean": WB,
-    "bb-above-clean": ("bb_fgsm", "bb_pgd", "worst"), "bb-source-at-chance": ("bb_fgsm", "bb_pgd", "worst"),
-}
+BLOCKS = {  # flag -> the columns whose numbers it voids (common.COLUMNS' voided_by); a flag not listed voids the row
+    f: tuple(k for k, col in common.COLUMNS.items() if f in col.voided_by)
+    for f in dict.fromkeys(f for col in common.COLUMNS.values() for f in col.voided_by)}
 ONE_SEED = "1 seed: the seed spread is the declared one, not measured"
 NOT_TESTABLE = "not testable here"
 
@@ -1010,7 +1069,7 @@ def sanity(evals):
     for e in evals:
         found = [(str(f["check"]), str(f.get("detail", ""))) for f in e["flags"]]  # eps-scale added by check()
         t = e.get("train") or {}
-        if e.get("adv") in ADV[1:] or e.get("tgt") in ADV[1:]:
+        if any((common.OBJECTIVES.get(e.get(k)) or common.OBJECTIVES["nat"]).validate for k in ("adv", "tgt")):
             if "collapse" not in t:
                 unchecked.append(f"{label(e)} seed {e['seed']}")
             elif t["collapse"]:
@@ -1027,6 +1086,8 @@ def training_curves(path, g, note=""):
     groups += [(f"Transfers with {t} target training", [("c10", tkey(s, t, u)) for s in ADV for u in UNF])
                for t in ADV]
     groups += [("DenseNet121 (black-box source)", [("bb", "densenet")])]
+    groups += [("Beyond the paper", [("src", k) for k in src_keys(g)[len(ADV):]]
+                + [("c10", k) for k in beyond_keys(k for t, k in g if t == "c10")])]
     panels = [(title, [e for k in keys for e in g.get(k, []) if (e.get("train") or {}).get("rows")])
               for title, keys in groups]
     panels = [p for p in panels if p[1]]
@@ -1144,14 +1205,15 @@ def build(out, evals, run, seed_sd=SEED_SD):
     for e, c, _ in checks:
         if c not in flags.setdefault((e["_table"], e["_key"]), []):
             flags[(e["_table"], e["_key"])].append(c)
-    extra = tuple(c for c in EXTRA if any(get(k, c) for k in ROWS))
+    beyond = beyond_keys(k for t, k in g if t == "c10")
+    extra = tuple(c for c in EXTRA if any(get(k, c) for k in ROWS + beyond))
     deps = departures(evals)
     top = banner(deps)
     t1, rows = tables(g, flags, extra)
     t1 = t1.replace("\n\n", "\n\n" + top + "\n", 1) if top else t1  # the banner right under the title
     claims, summary = claims_md(g, seed_sd)
     claims = claims.replace("\n\n", "\n\n" + top + "\n", 1) if top else claims  # read alone, it says so too
-    keys = list(dict.fromkeys(SETTING[k] for k, _, _ in deps))
+    keys = list(dict.fromkeys(SETTING[k] for k, _, _ in departures([e for e in evals if not is_beyond(e)])))
     note = (f"NOT THE PAPER'S PROTOCOL ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}): see report.md"
             if deps else "")
     unpaired = [f"{label(e)} seed {e['seed']}" for e in sorted(evals, key=order)
@@ -1161,8 +1223,13 @@ def build(out, evals, run, seed_sd=SEED_SD):
         w.writeheader()
         w.writerows(rows)
     voided = [k for k in ROWS if any(blocking(e, c) for e in g.get(("c10", k), []) for c in ("clean", "wb_pgd"))]
-    drawn = {f: (cap, figure(os.path.join(out, f + ".png"), panels, COLS + (extra if f == "fig4" else ()), get,
+    fig4 = tuple(c for c in extra if c in FIG4_EXTRA)
+    drawn = {f: (cap, figure(os.path.join(out, f + ".png"), panels, COLS + (fig4 if f == "fig4" else ()), get,
                              cap.split(" (")[0], note)) for f, (cap, panels) in heatmaps(get, voided).items()}
+    if beyond:  # its own figure: never in Figures 2-5
+        cap = "Beyond the paper: rows of methods from common's tables that the paper did not run, every column"
+        drawn["beyond"] = (cap, figure(os.path.join(out, "beyond.png"), [(None, [beyond])], COLS + extra, get,
+                                       cap.split(":")[0], note))
     for t in (None,) + ADV:
         f, title = ("curves_baselines", "Baselines (no transfer)") if t is None else \
             (f"curves_tgt_{t}", f"Transfers with {t} target training, one panel per source (R_tgt in black)")
@@ -1207,6 +1274,7 @@ def build(out, evals, run, seed_sd=SEED_SD):
     text += [f"- CIFAR-100 source {k}: no evaluation" for k in ADV if ("src", k) not in g]
     text += ["- DenseNet121: no evaluation"] if ("bb", "densenet") not in g else []
     text += ["- the stronger evaluation (WB-strong, Worst): not run"] if not extra else []
+    text += [f"- left out: {s}" for s in SKIPPED]
     text += ["\n## Sanity checks\n", f"The evaluations' flags, the eps scales, and {COLLAPSE_RULE}. A flag voids "
              "the columns it concerns for the claims (claims.md): a constant-class or chance-level model its whole "
              "row, PGD-7 not converged its WB-PGD, gradient masking its white-box columns, a black-box source at "
@@ -1251,6 +1319,19 @@ TARGET = {"nat": "natural", "fgsm": "FGSM", "pgd": "PGD"}
 DEPTH_MARGIN = SIMILAR  # points: claim 4's "almost complete" (R_{pgd->nat} 12 keeps BB-PGD within it of R_pgd)
 
 
+def depth_table(arch="resnet56", num_classes=10):
+    """[(depth, K, trainable weight layers, trainable parameters)] for every allowed depth (README's table)."""
+    model, rows = common.build_model(arch, num_classes), []
+    n_blocks = len([*model.layer1, *model.layer2, *model.layer3])
+    for u in common.DEPTHS:
+        if isinstance(u, str) and common.depth_k(u) in (n_blocks // 3, *range(n_blocks + 1, 28)):
+            continue  # a smaller ResNet's 12 under another name, or beyond its blocks
+        params = common.freeze(model, u)
+        layers = sum(m.weight.requires_grad for m in common.weight_layers(model))
+        rows.append((u, common.depth_k(u, n_blocks), layers, sum(p.numel() for p in params)))
+    return sorted(rows, key=lambda r: r[1])
+
+
 def is_depth(u):
     """A recorded unfreeze value: 1, 12, 56 (int) or 'bK' (str), exactly as transfer.py records it."""
     try:
@@ -1265,7 +1346,8 @@ def n_blocks(arch):
 
 
 def depth_order(e):  # a transfer that is no row of Table 1: after them, by source x target, then depth
-    return len(ROWS) + 100 * (3 * ADV.index(e["src"]) + ADV.index(e["tgt"])) + common.depth_k(e["unfreeze"])
+    n = list(common.OBJECTIVES)
+    return len(ROWS) + 100 * (len(n) * n.index(e["src"]) + n.index(e["tgt"])) + common.depth_k(e["unfreeze"])
 
 
 # ---- The statistical rule of the depth verdicts: the claims check's compare() -------------------------------
@@ -1370,7 +1452,7 @@ def depth_figure(path, curves_, margin, note=""):
     seeds = max((len(es) for cv in curves_ for _, es in cv["rows"]), default=1)
     for sf, cv in zip(rows_, curves_):
         s, t, nb, rows, refs = cv["src"], cv["tgt"], cv["nb"], cv["rows"], cv["refs"]
-        sf.suptitle(rf"$R_{{{s} \rightarrow {t}}}$: the {SOURCE[s]} CIFAR-100 source, {TARGET[t]} training "
+        sf.suptitle(rf"$R_{{{s} \rightarrow {t}}}$: the {SOURCE.get(s, s + '-trained')} CIFAR-100 source, {TARGET.get(t, t)} training "
                     "on CIFAR-10", fontsize=12)
         axes = sf.subplots(1, 4, gridspec_kw={"width_ratios": [5, 1.1, 5, 1.1]})
         ks = [common.depth_k(u, nb) for u, _ in rows]
@@ -1443,7 +1525,7 @@ def depth_figure(path, curves_, margin, note=""):
 
 def pair_md(g, s, t, nb, rows, refs, margin, seed_sd=SEED_SD):
     """depth.md's section of one source x target: every depth's row, the models without transfer, the reading."""
-    params = {u: n for u, _, _, n in common.depth_table(next(e["arch"] for _, es in rows for e in es))}
+    params = {u: n for u, _, _, n in depth_table(next(e["arch"] for _, es in rows for e in es))}
     depth_rows = [[f"`{u}`", common.depth_k(u, nb), common.describe_unfreeze(u),
                    f"{params[u]:,}" if u in params else MISSING, len(es)]
                   + [fmt(stat(es, x), paper_cell(tkey(s, t, u), x), len(es)) for x in DEPTH_COLS] for u, es in rows]
@@ -1451,7 +1533,7 @@ def pair_md(g, s, t, nb, rows, refs, margin, seed_sd=SEED_SD):
                                  for x in DEPTH_COLS] for nm, es in refs.items()]
     flagged = [f"{nm} seed {e['seed']}: `{f['check']}`" for nm, es in list(refs.items()) + [(f"depth {u}", es)
                for u, es in rows] for e in es for f in e["flags"]]
-    return [f"## R_{{{s}->{t}}}: the {SOURCE[s]} source, {TARGET[t]} training on CIFAR-10\n",
+    return [f"## R_{{{s}->{t}}}: the {SOURCE.get(s, s + '-trained')} source, {TARGET.get(t, t)} training on CIFAR-10\n",
             md_table(["depth", "K", "trains", "parameters", "n"] + [HEAD[x] for x in DEPTH_COLS], depth_rows),
             "\nWithout transfer: the CIFAR-10 baselines, and the source on its own CIFAR-100 test set.\n",
             md_table(["model", "n"] + [HEAD[x] for x in DEPTH_COLS], ref_rows),
@@ -1513,8 +1595,8 @@ def add_depth_args(p):
     d = p.add_argument_group("depth sweep (make depth)")
     d.add_argument("--depth", action="store_true", help="write depth.md and depth.png instead (default --out "
                    "RUN/depth): accuracy against unfreezing depth for each --src x --tgt, and the paper's reading")
-    d.add_argument("--src", nargs="*", choices=ADV, help="sources (with --depth; default all three)")
-    d.add_argument("--tgt", nargs="*", choices=ADV, help="target trainings (with --depth; default all three)")
+    d.add_argument("--src", nargs="*", choices=list(common.OBJECTIVES), help="sources (with --depth; default all three)")
+    d.add_argument("--tgt", nargs="*", choices=list(common.OBJECTIVES), help="target trainings (with --depth; default all three)")
     d.add_argument("--unfreeze", nargs="*", help="depths to show, as '–' when not evaluated, beside every depth "
                    "the run evaluated (with --depth)")
     d.add_argument("--margin", type=float, help=f"points below R_src that still count as kept (with --depth; "

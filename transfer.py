@@ -23,11 +23,13 @@ import engine
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", choices=c.ADV, required=True, help="how the CIFAR-100 source was trained")
-    p.add_argument("--tgt", choices=c.ADV, required=True, help="natural, FGSM or PGD training on CIFAR-10")
+    p.add_argument("--src", choices=list(c.OBJECTIVES), required=True, help="how the CIFAR-100 source was trained")
+    p.add_argument("--tgt", choices=list(c.OBJECTIVES), required=True, help="the training objective on CIFAR-10 "
+                   "(common.OBJECTIVES): " + "; ".join(f"{k}: {o.about}" for k, o in c.OBJECTIVES.items()))
     p.add_argument("--unfreeze", nargs="+", required=True,
-                   help="1, 12 or 56 (the paper's strategies) or bK (the last K of the 27 residual blocks and the "
-                        "head, K = 1..27 but 9); several train together")
+                   help="1, 12 or 56 (the paper's strategies), bK (the last K of the 27 residual blocks and the "
+                        "head, K = 1..27 but 9) or a named strategy (common.STRATEGIES: "
+                        + "; ".join(f"{k}: {s.about}" for k, s in c.STRATEGIES.items()) + "); several train together")
     p.add_argument("--init", default="runs/paper/source/cifar100_{src}_s{seed}.pt",
                    help="source checkpoint, X.pt of train_source.py ({src}, {seed} are filled in)")
     p.add_argument("--arch", default=None, help="must match the source's (taken from it by default)")
@@ -84,7 +86,8 @@ def main(argv=None):
         model.linear = nn.Linear(model.linear.in_features, 10)  # the fresh CIFAR-10 head, default init (authors')
         params = c.freeze(model, f["unfreeze"])
         info = {"arch": ck["arch"], "num_classes": 10, "role": "transfer", "src": a.src, "tgt": a.tgt,
-                "unfreeze": f["unfreeze"], "init": init}
+                "unfreeze": f["unfreeze"], "init": init,  # and how the source was trained: its departures are ours
+                "source_train": {**(ck.get("args") or {}), **{k: ck.get(k) for k in ("arch", "n_train", "n_val")}}}
         members.append(engine.member(model, params, a, out, info, seed=f["seed"], unfreeze=f["unfreeze"], init=init,
                                 arch=ck["arch"]))
     who = engine._who(members)

@@ -202,7 +202,7 @@ def run_steps(step, models, opts, refs, ref_opts, adv, sizes, x, y, lr_drop_at=N
 # ----------------------------------------------------------------------------------------------------------
 # The captured path equals eager
 
-@pytest.mark.parametrize("adv", c.ADV)
+@pytest.mark.parametrize("adv", [k for k, o in c.OBJECTIVES.items() if not o.draws])
 def test_captured_cohort_equals_eager_runs(fake_cuda, adv):
     """Catches a graph that replays a stale learning rate (the lr drops halfway), a partial batch that disturbs
     the replays after it, warm-up steps that leave a trace in weights, BatchNorm counters or momentum."""
@@ -213,6 +213,31 @@ def test_captured_cohort_equals_eager_runs(fake_cuda, adv):
     assert_same_members(models, opts, refs, ref_opts)
     assert step.ran == {"why": None, "capture": "on", "captured": 4, "eager": 1, "cohort": 2}
     assert len(engine._CAPTURED.checks) == 1 and engine._CAPTURED.checks[0]["difference"] == 0  # CPU fp32: to the bit
+
+
+@pytest.mark.parametrize("adv", [k for k, o in c.OBJECTIVES.items() if o.draws])
+def test_an_objective_that_draws_random_numbers_runs_eagerly_with_its_reason(fake_cuda, monkeypatch, adv):
+    """TRADES starts its inner maximisation at a random point drawn from the epoch's generator, which a replay
+    cannot redraw. Its table's `draws` makes the step eager with the reason recorded: no graph, no self-check,
+    exactly eager train_step with each member's generator. Catches an engine that ignores the field: the same
+    objective declared deterministic is captured, and the first replay (a stale draw) fails the self-check."""
+    models, opts, refs, ref_opts = cohort()
+    x, y = data()
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
+    step = engine.make_step(models, opts, adv, c.EPS, steps=2, capture="on")
+    for lo in (0, 16):
+        bs = member_batches(x, y, lo, lo + 16)
+        got = step(bs, gens())
+        want = [c.train_step(m, o, xb, yb, adv, c.EPS, steps=2, gen=g)
+                for m, o, (xb, yb), g in zip(refs, ref_opts, bs, gens())]
+        assert all(torch.equal(a, b) for g, w in zip(got, want) for a, b in zip(g, w))
+    assert_same_members(models, opts, refs, ref_opts)
+    assert step.ran == {"why": f"{adv} draws random numbers", "capture": "on", "captured": 0, "eager": 2, "cohort": 2}
+    assert engine._CAPTURED.graphs == [] and engine._CAPTURED.checks == [] and engine._CAPTURED.fallback is None
+    monkeypatch.setitem(c.OBJECTIVES, adv, c.OBJECTIVES[adv]._replace(draws=False))  # a row that hides its draws
+    models, opts, _, _ = cohort()
+    with pytest.raises(RuntimeError, match="self-check of the captured training step"):
+        engine.make_step(models, opts, adv, c.EPS, steps=2, capture="on")(member_batches(x, y, 0, 16), gens())
 
 
 def test_captured_evaluation_equals_eager(fake_cuda):

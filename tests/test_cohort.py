@@ -65,7 +65,7 @@ def test_default_names_are_those_of_separate_runs(tmp_path, tiny, monkeypatch):
         f"cifar10_nat_s{s}{ext}" for s in (3, 4) for ext in (".pt", ".last.pt", ".json", ".jsonl", ".log"))  # no lock
 
 
-@pytest.mark.parametrize("adv", c.ADV)
+@pytest.mark.parametrize("adv", list(c.OBJECTIVES))
 def test_step_maker_eager_is_train_step(adv):
     torch.manual_seed(0)
     models = [c.build_model("resnet8", 10) for _ in range(2)]
@@ -77,9 +77,10 @@ def test_step_maker_eager_is_train_step(adv):
     x = x.float() / 255
     for i in range(2):  # two steps: the momentum buffers matter in the second
         bs = [(x[:16], y[:16]), (x[16:], y[16:])]
-        got = step(bs, [None, None])
-        for m, o, (xb, yb), g in zip(refs, ref_opts, bs, got):
-            want = c.train_step(m, o, xb, yb, adv, c.EPS, steps=2)
+        gens = lambda: [torch.Generator().manual_seed(10 * i + j) for j in range(2)]  # noqa: E731 (TRADES draws)
+        got = step(bs, gens())
+        for m, o, (xb, yb), g, gen in zip(refs, ref_opts, bs, got, gens()):
+            want = c.train_step(m, o, xb, yb, adv, c.EPS, steps=2, gen=gen)
             assert all(torch.equal(u, v) for u, v in zip(g, want)), (adv, i)
     for m, r in zip(models, refs):
         assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), r.state_dict().values()))
@@ -101,11 +102,11 @@ def test_lr_schedule_is_the_authors_step_schedule(epochs, milestones):
 
 def test_collapse_verdict():
     rows = lambda *v: [{"epoch": i + 1, "train_batch_pgd": x} for i, x in enumerate(v)]  # noqa: E731
-    assert c.collapse_verdict(rows(5, 20, 30, 8)).startswith("train-batch PGD accuracy fell to 8.0% at epoch 4 "
+    assert engine.collapse_verdict(rows(5, 20, 30, 8)).startswith("train-batch PGD accuracy fell to 8.0% at epoch 4 "
                                                              "from 30.0% at epoch 3")
-    assert c.collapse_verdict(rows(5, 20, 30, 9.5)) is None  # above 30% of the best
-    assert c.collapse_verdict(rows(8, 9, 1)) is None  # a best under 10% is the monitor's noise
-    assert c.collapse_verdict([{"epoch": 1, "val_clean": 50}]) is None  # natural runs have no monitor
+    assert engine.collapse_verdict(rows(5, 20, 30, 9.5)) is None  # above 30% of the best
+    assert engine.collapse_verdict(rows(8, 9, 1)) is None  # a best under 10% is the monitor's noise
+    assert engine.collapse_verdict([{"epoch": 1, "val_clean": 50}]) is None  # natural runs have no monitor
 
 
 def test_a_finished_run_is_kept_and_force_retrains_it(tmp_path, tiny, run_script):

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def readme_table():
 def test_every_allowed_depth_matches_the_documented_table():
     table = readme_table()
     assert list(table) == list(c.DEPTHS)  # every allowed depth, in order, and no other
-    assert {u: (k, n, p) for u, k, n, p in c.depth_table()} == table
+    assert {u: (k, n, p) for u, k, n, p in report.depth_table()} == table
     # the paper's three strategies keep their trainable parameters
     assert (table[1][2], table[12][2], table[56][2]) == (650, 648_074, 853_018)
     assert (table[1][1], table[12][1], table[56][1]) == (1, 19, 56)  # weight layers: head; 18 convs + head; all
@@ -51,8 +52,10 @@ def test_every_allowed_depth_matches_the_documented_table():
 
 def test_makefile_lists_the_same_depths():
     mk = read("Makefile")
-    ok = re.search(r"^UNFREEZE_OK :=(.*)$", mk, re.M).group(1).split()
+    names = subprocess.run([sys.executable, "common.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    ok = [n.split(":")[1] for n in names if n.startswith("depth:")]  # what Make checks UNFREEZE and DEPTHS against
     assert [c.parse_unfreeze(u) for u in ok] == list(c.DEPTHS)
+    assert [n.split(":")[1] for n in names if n.startswith("strategy:")] == list(c.STRATEGIES)
     sweep = re.search(r"^DEPTHS\s*\?=(.*)$", mk, re.M).group(1).split()
     assert [c.parse_unfreeze(u) for u in sweep] == list(c.DEPTH_SWEEP)
     assert all(u in c.DEPTHS for u in c.DEPTH_SWEEP) and set(c.UNFREEZE) <= set(c.DEPTH_SWEEP)
@@ -107,7 +110,7 @@ def test_frozen_weights_do_not_move_at_any_depth(u, resnet56):
 
 def test_a_smaller_resnet_takes_depths_up_to_its_blocks():
     m = c.build_model("resnet8", 10)  # 3 blocks: b1..b3; 12 is its layer3 (one block), which b1 would name again
-    assert {u: k for u, k, _, _ in c.depth_table("resnet8")} == {1: 0, 12: 1, "b2": 2, "b3": 3, 56: 4}
+    assert {u: k for u, k, _, _ in report.depth_table("resnet8")} == {1: 0, 12: 1, "b2": 2, "b3": 3, 56: 4}
     with pytest.raises(c.UsageError, match="has 3 residual blocks"):
         c.freeze(m, "b4")
     with pytest.raises(c.UsageError, match="b1 is this ResNet's 12 .*; write 12, so that one depth has one name"):
@@ -180,7 +183,9 @@ def test_make_depth_estimate_counts_the_cohort():
                                                         "eval/fgsm", "eval/pgd")}
     rows["densenet121/train/nat"] = rows["densenet121/eval/clean"] = {"img_s": paths}
     est = bench.depth_estimate(rows, "resnet56")
-    one_eval, bb = 10_000 * (3 + 10 + 6), 2 * 10_000
+    # clean, every white-box column in forward passes at the PGD-7 rate per pass (1/15 s): WB-FGSM 3, WB-PGD 15,
+    # WB-strong 10 restarts x 101, WB-CW 41; then the curve's 6 other points, a PGD-7 each
+    one_eval, bb = 10_000 * (1 + (3 + 15 + 10 * 101 + 41) / 15 + 6), 2 * 10_000
     nat = 8 * 50 * (47_500 + 2_500) + 8 * (one_eval + bb)
     adv = 8 * 50 * (47_500 + 2 * 2_500 + 256) + 8 * (one_eval + bb)
     assert est["nat"] * 3600 == pytest.approx(nat)

@@ -402,10 +402,10 @@ def test_strong_attack_is_never_weaker_than_pgd7(baseline):
     x, y = c.load_split("cifar10", "synthetic", train=False)
     x, y = x[:48].float() / 255, y[:48]
     eps = 2 / 256  # where PGD-7 leaves a fair share standing, so the comparison means something
-    clean = evaluate.correct(model, x, y)
-    pgd7 = evaluate.correct(model, c.pgd(model, x, y, eps, eps / 4, 7), y)
+    clean = c.predict(model, x) == y
+    pgd7 = c.predict(model, c.pgd(model, x, y, eps, eps / 4, 7)) == y
     torch.manual_seed(0)
-    strong = evaluate.pgd_restarts(model, x, y, eps, 2.5 * eps / 20, 20, 3)
+    strong = alive(model, x, y, eps, 2.5 * eps / 20, 20, 3)
     assert 0 < pgd7.sum() < clean.sum()
     assert strong.sum() <= pgd7.sum()
     assert not (strong & ~clean).any()
@@ -439,6 +439,11 @@ def fake_pgd(schedule, calls):
     return pgd
 
 
+def alive(model, x, y, *budget):
+    """Which examples survive common.pgd_restarts (it returns the inputs that fooled the model where any run did)."""
+    return c.predict(model, c.pgd_restarts(model, x, y, *budget)) == y
+
+
 def test_restarts_keep_the_per_example_worst_case(monkeypatch):
     n = 12
     y = torch.arange(n) % 10
@@ -447,9 +452,9 @@ def test_restarts_keep_the_per_example_worst_case(monkeypatch):
     schedule = [{2, 5}, {5, 7}, {3}, set()]  # 5 again in restart 2: it must not be attacked again
     calls = []
     monkeypatch.setattr(c, "pgd", fake_pgd(schedule, calls))
-    alive = evaluate.pgd_restarts(ReadsRow0(), x, y, 0.03, 0.0015, 50, 4)
+    ok = alive(ReadsRow0(), x, y, 0.03, 0.0015, 50, 4)
     robust = set(range(n)) - wrong_clean - {2, 5, 7, 3}
-    assert alive.dtype == torch.bool and alive.tolist() == [i in robust for i in range(n)]
+    assert ok.dtype == torch.bool and ok.tolist() == [i in robust for i in range(n)]
     attacked = set(range(n)) - wrong_clean
     expected = []
     for fooled in schedule:
@@ -465,12 +470,10 @@ def test_restarts_stop_when_nothing_is_left(monkeypatch):
     x = coded_inputs(y, torch.tensor([True] * 5 + [False]))
     calls = []
     monkeypatch.setattr(c, "pgd", fake_pgd([{0, 1, 2}, {3, 4}] + [set()] * 8, calls))
-    alive = evaluate.pgd_restarts(ReadsRow0(), x, y, 0.03, 0.0015, 50, 10)
-    assert not alive.any()
+    assert not alive(ReadsRow0(), x, y, 0.03, 0.0015, 50, 10).any()
     assert len(calls) == 2 and all(call["ids"] for call in calls)
     calls.clear()  # nothing correct to begin with: no attack at all
-    assert not evaluate.pgd_restarts(ReadsRow0(), coded_inputs(y, torch.zeros(6, dtype=torch.bool)), y,
-                                     0.03, 0.0015, 50, 10).any()
+    assert not alive(ReadsRow0(), coded_inputs(y, torch.zeros(6, dtype=torch.bool)), y, 0.03, 0.0015, 50, 10).any()
     assert calls == []
 
 
@@ -502,8 +505,9 @@ def test_baseline_evaluation_json(baseline_eval, baseline, examples):
     out, r = baseline_eval
     assert r["role"] == "baseline" and r["dataset"] == "cifar10" and r["arch"] == "resnet8" and r["adv"] == "nat"
     assert r["ckpt"] == str(baseline) and r["src"] is None and r["unfreeze"] is None
-    assert list(r["acc"]) == COLUMNS[:1] + ["wb_fgsm", "wb_pgd", "wb_strong", "bb_fgsm", "bb_pgd", "worst"]
-    assert set(COLUMNS) | {"wb_strong", "worst"} == set(r["acc"])
+    # every column of common.COLUMNS in its order, but the opt-in AutoAttack
+    assert list(r["acc"]) == [k for k, col in c.COLUMNS.items() if col.switch != "autoattack"]
+    assert set(COLUMNS) | {"wb_strong", "wb_cw", "worst"} == set(r["acc"])
     assert all(0 <= v <= 100 for v in r["acc"].values())
     assert all(r["acc"]["worst"] <= v for v in r["acc"].values())
     assert r["n_test"] == N_BB
@@ -542,13 +546,14 @@ def test_evaluation_agrees_with_a_recount(baseline_eval, baseline, examples):
     x, y = c.load_split("cifar10", "synthetic", train=False)
     x, y = x[:N_BB], y[:N_BB]
     bb = torch.load(examples, map_location="cpu", weights_only=False)
-    ok = {k: [] for k in ("clean", "wb_fgsm", "wb_pgd", "wb_strong", "bb_fgsm", "bb_pgd")}
+    ok = {k: [] for k in ("clean", "wb_fgsm", "wb_pgd", "wb_strong", "wb_cw", "bb_fgsm", "bb_pgd")}
     torch.manual_seed(0)  # the evaluation's seed: only the strong attack's random starts draw from it
     for i, (xb, yb) in enumerate(c.batches(x, y, 16)):
         ok["clean"].append(c.predict(model, xb) == yb)
         ok["wb_fgsm"].append(c.predict(model, c.fgsm(model, xb, yb, EPS)) == yb)
         ok["wb_pgd"].append(c.predict(model, c.pgd(model, xb, yb, EPS, EPS / 4, 7)) == yb)
-        ok["wb_strong"].append(evaluate.pgd_restarts(model, xb, yb, EPS, 2.5 * EPS / 10, 10, 2))
+        ok["wb_strong"].append(alive(model, xb, yb, EPS, 2.5 * EPS / 10, 10, 2))
+        ok["wb_cw"].append(c.predict(model, c.pgd(model, xb, yb, EPS, EPS / 4, 20, loss=c.cw_margin)) == yb)
         for k in ("fgsm", "pgd"):
             ok["bb_" + k].append(c.predict(model, bb["x_" + k][16 * i:16 * i + len(yb)]) == yb)
     ok = {k: torch.cat(v) for k, v in ok.items()}
@@ -569,7 +574,8 @@ def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
     those every attack left, the black-box files are matched to the right examples across batches, and the
     strong attack gets its steps, step size and random starts."""
     n, wrong = 20, {4}
-    fooled = {"fgsm": {0, 1}, "pgd": {1, 2}, "strong": {2, 3, 11}, "bb_fgsm": {5, 13}, "bb_pgd": {13, 19}}
+    fooled = {"fgsm": {0, 1}, "pgd": {1, 2}, "strong": {2, 3, 11}, "cw": {6, 8}, "bb_fgsm": {5, 13},
+              "bb_pgd": {13, 19}}
     y = torch.arange(n) % 10
     x = torch.full((n, 3, 32, 32), 128, dtype=torch.uint8)
     x[:, 1, 0, 0] = torch.arange(n, dtype=torch.uint8)  # the example's id
@@ -585,9 +591,9 @@ def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
 
     calls = []
 
-    def pgd(model, xb, yb, eps, alpha, steps, random_start=False, gen=None):
-        calls.append((alpha, steps, random_start))
-        return perturb(xb, yb, fooled["strong" if random_start else "pgd"], eps)
+    def pgd(model, xb, yb, eps, alpha, steps, random_start=False, gen=None, loss=None):
+        calls.append((alpha, steps, random_start, loss))
+        return perturb(xb, yb, fooled["strong" if random_start else "cw" if loss is c.cw_margin else "pgd"], eps)
 
     monkeypatch.setattr(c, "fgsm", lambda model, xb, yb, eps: perturb(xb, yb, fooled["fgsm"], eps))
     monkeypatch.setattr(c, "pgd", pgd)
@@ -604,9 +610,9 @@ def test_columns_and_worst_case_bookkeeping(fake_ckpt, tmp_path, monkeypatch):
     assert r["acc"] == {"clean": pct(right), "wb_fgsm": pct(right - fooled["fgsm"]),
                         "wb_pgd": pct(right - fooled["pgd"]), "wb_strong": pct(right - fooled["strong"]),
                         "bb_fgsm": pct(right - fooled["bb_fgsm"]), "bb_pgd": pct(right - fooled["bb_pgd"]),
-                        "worst": pct(right - set().union(*fooled.values()))}
-    assert {(a, s, rs) for a, s, rs in calls} == {(EPS / 4, 7, False), (2.5 * EPS / 4, 4, True)}
-    assert 3 <= sum(rs for _, _, rs in calls) <= 3 * 3  # up to 3 restarts in each of the 3 batches
+                        "wb_cw": pct(right - fooled["cw"]), "worst": pct(right - set().union(*fooled.values()))}
+    assert set(calls) == {(EPS / 4, 7, False, None), (2.5 * EPS / 4, 4, True, None), (EPS / 4, 20, False, c.cw_margin)}
+    assert 3 <= sum(rs for _, _, rs, _ in calls) <= 3 * 3  # up to 3 restarts in each of the 3 batches
 
 
 def test_cifar100_source_has_no_blackbox_columns(tiny_source, tmp_path):
@@ -615,7 +621,7 @@ def test_cifar100_source_has_no_blackbox_columns(tiny_source, tmp_path):
     with open(out) as f:
         r = json.load(f)
     assert r["role"] == "source" and r["dataset"] == "cifar100" and r["n_test"] == 20
-    assert set(r["acc"]) == {"clean", "wb_fgsm", "wb_pgd", "worst"}
+    assert set(r["acc"]) == {"clean", "wb_fgsm", "wb_pgd", "wb_cw", "worst"}
     assert "blackbox" not in r["attacks"] and "strong" not in r["attacks"] and r["curve"] is None
 
 
@@ -626,8 +632,8 @@ def test_progress_lines(class_means, fake_ckpt, tmp_path, monkeypatch, capsys):
     evaluate_module(NearestMean(class_means), fake_ckpt, tmp_path / "a.eval.json", monkeypatch, "--batch-size", "25",
                     "--strong-steps", "2", "--restarts", "1", "--curve-eps", "0", "8", "16")
     lines = [line for line in capsys.readouterr().out.splitlines() if "images |" in line]
-    for what in ("WB-FGSM", "WB-PGD-7", "WB-strong", "curve, PGD-7 at eps 0/256", "curve, PGD-7 at eps 16/256"):
-        mine = [line for line in lines if line.startswith(f"[a.eval.json] {what}")]  # named by its --out
+    for what in ("WB-FGSM", "WB-PGD", "WB-strong", "WB-CW", "curve, PGD-7 at eps 0/256", "curve, PGD-7 at eps 16/256"):
+        mine = [line for line in lines if line.startswith(f"[a.eval.json] {what}:")]  # named by its --out
         assert [int(line.split(": ")[1].split("/")[0]) for line in mine] == [25, 50, 75, 100], (what, lines)
     assert all("/100 images" in line and "elapsed" in line and "left" in line for line in lines)
     assert not [line for line in lines if "eps 8/256" in line]  # the curve's point at eps 8 is WB-PGD, not rerun

@@ -110,8 +110,9 @@ def test_a_bad_variable_stops_make_before_any_job(tmp_path, var, says):
         for n in ("cifar10_train.npz", "cifar100_train.npz"):
             (d / n).write_bytes(b"")
         var = var.replace("TRAINONLY", str(d))
+    py = sys.executable if var.split("=")[0] in ("SRC", "UNFREEZE") else "python3"  # names: common.py's tables
     for goal in ("all", "transfers", "mini"):
-        r = make("-n", "PY=python3", var, goal)
+        r = make("-n", f"PY={py}", var, goal)
         assert r.returncode == 2 and r.stdout == "", (goal, r.stdout)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and says in lines[0] and "Stop." in lines[0], r.stderr

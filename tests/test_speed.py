@@ -57,7 +57,7 @@ def test_attack_equals_plain_backward(kind):
 def test_train_step_equals_plain_step():
     model, ref, opt, ref_opt = pair()
     x, y = data()
-    for adv in c.ADV:  # one step each, chained: a divergence anywhere shows in the later losses
+    for adv in c.PAPER_ADV:  # one step each, chained: a divergence anywhere shows in the later losses
         loss = c.train_step(model, opt, x, y, adv, c.EPS)[0].item()
         assert loss == bench.ref_step(ref, ref_opt, x, y, adv, c.EPS), adv
         for p, q in zip(model.state_dict().values(), ref.state_dict().values()):
@@ -71,7 +71,7 @@ def test_channels_last_differs_by_rounding_only():
     assert ((xa - x).sign() == (xr - x).sign()).float().mean() > 0.999  # the perturbation's signs
     xa, xr = c.attack(model, x, y, "pgd", c.EPS), bench.ref_attack(ref, x, y, "pgd", c.EPS)
     assert ((xa - xr).abs() < 1e-6).float().mean() > 0.99
-    for adv in c.ADV:
+    for adv in c.PAPER_ADV:
         loss = c.train_step(model, opt, x, y, adv, c.EPS)[0].item()
         assert loss == pytest.approx(bench.ref_step(ref, ref_opt, x, y, adv, c.EPS), rel=1e-2), adv
 
@@ -93,7 +93,7 @@ def test_bench_quick_runs(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    train = {f"resnet8/train/{adv}" for adv in c.ADV} | {"densenet121/train/nat"}
+    train = {f"resnet8/train/{adv}" for adv in c.PAPER_ADV} | {"densenet121/train/nat"}
     evals = {f"{arch}/eval/{k}" for arch in ("resnet8", "densenet121") for k in ("clean", "fgsm", "pgd")}
     assert set(res["rows"]) == train | evals
     for name, row in res["rows"].items():
@@ -170,9 +170,10 @@ def test_make_all_estimate_counts_the_dag():
     assert est["stages_h"]["sources + baselines"] * 3600 == pytest.approx(2 * src)
     tl = 3 * 50 * ((n_train + n_val) + 2 * adv_epoch)  # 3 targets x a cohort of 3
     assert est["stages_h"]["transfers"] * 3600 == pytest.approx(3 * tl)
-    # one evaluation: clean, FGSM, PGD-7, 10 restarts (PGD-50 costs what PGD-7 does at equal rates: 1 each), 6 more
-    # curve points; 33 of them, and 30 CIFAR-10 models classify the 2 black-box sets
-    one_eval = 10_000 * (3 + 10 + 6)
+    # one evaluation: clean, every white-box column in forward passes at the PGD-7 rate per pass (1/15 s): WB-FGSM 3,
+    # WB-PGD 15, WB-strong 10 restarts x 101, WB-CW 41; then the curve's 6 other points, a PGD-7 each; 33 of them,
+    # and 30 CIFAR-10 models classify the 2 black-box sets
+    one_eval = 10_000 * (1 + (3 + 15 + 10 * 101 + 41) / 15 + 6)
     assert est["stages_h"]["evaluations"] * 3600 == pytest.approx(33 * one_eval + 30 * 2 * 10_000)
     assert est["critical_path_h"] * 3600 == pytest.approx(200 * adv_epoch + 3 * 50 * adv_epoch + one_eval)
 
