@@ -420,14 +420,15 @@ def self_check(a, arch, x, y, est):
            "train_captured_vs_eager": worst(train, "difference"), "eval_captured_vs_eager": worst(evals, "difference"),
            "checks": len(train) + len(evals), "train_check_s": t_train, "eval_check_s": t_eval,
            "make_all_graphs": jobs + n_eval_graphs, "make_all_s": cost, "make_all_frac": cost / (3600 * est["total_h"])}
-    print(f"\nself-check (each graph's first replay against eager; tolerances {pct(engine.CHECK_RTOL)} of a training step's "
-          f"change, {pct(engine.CHECK_FRAC)} of an evaluation batch):\n"
+    print(f"\nself-check (each graph's first replay against eager; tolerances {pct(engine.CHECK_RTOL)} of a training "
+          f"step's change, {pct(engine.CHECK_FRAC)} of an evaluation batch):\n"
           f"  training step   captured vs eager {pct(res['train_captured_vs_eager'])} (worst), eager vs eager "
           f"{pct(train_noise)}; {t_train:.2f} s per graph\n"
           f"  evaluation      captured vs eager {pct(res['eval_captured_vs_eager'])} of images (worst), eager vs eager "
           f"{pct(eval_noise)}; {t_eval:.2f} s per graph\n"
           f"  make all        {res['make_all_graphs']} graphs: {cost / 60:.1f} min = {pct(res['make_all_frac'])} of "
-          f"the estimate" + (f"\n  FALLBACK        {engine._CAPTURED.fallback}" if engine._CAPTURED.fallback else ""), flush=True)
+          f"the estimate" + (f"\n  FALLBACK        {engine._CAPTURED.fallback}" if engine._CAPTURED.fallback else ""),
+          flush=True)
     return res
 
 
@@ -451,8 +452,8 @@ def main(argv=None):
     torch.set_flush_denormal(a.flush_denormal)
     name = torch.cuda.get_device_name(dev) if cuda else cpu_name()
     peak = a.peak_tflops or next((v for k, v in PEAKS.items() if cuda and k in name), None)
-    prov = {**engine.provenance(dev), "device_name": name, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
+    prov = {**engine.provenance(dev), "device_name": name, "cuda": torch.version.cuda,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     print(f"bench on {name} ({dev}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{a.repeats} timings x {a.iters} steps per row, batch {a.batch_size} clean + {a.batch_size} adversarial "
           f"per model, {c.eps_str(c.EPS)}")

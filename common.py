@@ -26,9 +26,8 @@ class UsageError(Exception):
 
 
 def binomial_se(acc, n):
-    """Standard error (points) of an accuracy of acc % measured on n images: the test set's own sampling noise.
-    Agresti-Coull's (two successes and two failures added): 0 of 50 right is not a certain 0%, and the plain
-    sqrt(p(1-p)/n) would call it exact."""
+    """Standard error (points) of an accuracy of acc % on n images, the test set's own noise. Agresti-Coull's (two
+    successes and two failures added): 0 of 50 right is not a certain 0%, as the plain sqrt(p(1-p)/n) would say."""
     q = (acc / 100 * n + 2) / (n + 4)
     return 100 * math.sqrt(q * (1 - q) / (n + 4))
 
@@ -83,11 +82,8 @@ def _check_arrays(x, y, path, k):
 
 
 def load_split(name, data_dir, train):
-    """(x uint8 N x 3 x 32 x 32, y int64) on the CPU.
-
-    data_dir is 'synthetic' (built in, offline), a folder with {name}_{train,test}.npz holding x (uint8
-    N x 32 x 32 x 3) and y (int64), or a torchvision root (downloaded when missing).
-    """
+    """(x uint8 N x 3 x 32 x 32, y int64) on the CPU, from data_dir: 'synthetic' (built in, offline), a folder of
+    {name}_{train,test}.npz (x uint8 N x 32 x 32 x 3, y int64), or a torchvision root (downloaded when missing)."""
     if name not in NUM_CLASSES:
         raise UsageError(f"unknown dataset {name!r}; choose cifar10 or cifar100")
     k = NUM_CLASSES[name]
@@ -97,9 +93,6 @@ def load_split(name, data_dir, train):
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir {data_dir} is a file, not a folder; pass the folder holding "
                          f"{os.path.basename(npz)} (or a torchvision root), or --data-dir synthetic")
-    if not os.path.exists(npz) and os.path.isdir(data_dir) and any(f.endswith(".npz") for f in os.listdir(data_dir)):
-        raise UsageError(f"--data-dir {data_dir} holds .npz files but not {os.path.basename(npz)}; a folder of .npz "
-                         f"files needs cifar10_train/test.npz and cifar100_train/test.npz")
     if os.path.exists(npz):
         try:
             with np.load(npz) as f:
@@ -108,6 +101,9 @@ def load_split(name, data_dir, train):
             raise UsageError(f"{npz}: cannot read ({type(e).__name__}: {e}); it needs arrays x and y")
         _check_arrays(x, y, npz, k)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y.astype(np.int64))
+    if os.path.isdir(data_dir) and any(f.endswith(".npz") for f in os.listdir(data_dir)):
+        raise UsageError(f"--data-dir {data_dir} holds .npz files but not {os.path.basename(npz)}; a folder of .npz "
+                         f"files needs cifar10_train/test.npz and cifar100_train/test.npz")
     try:
         import torchvision
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -409,8 +405,7 @@ BB_VOID = ("bb-above-clean", "bb-source-at-chance")  # ... and these the black-b
 class Column(NamedTuple):
     head: str
     box: str  # 'clean', 'wb' (the model's own gradients), 'bb' (examples crafted on the DenseNet) or 'worst'
-    attack: object  # (model, x, y, eps, s) -> adversarial inputs, a pure attack; s: the evaluation's settings
-    # (steps, strong_steps, restarts, seed: evaluate.py's flags); None for clean and worst
+    attack: object  # (model, x, y, eps, s) -> adversarial inputs, pure; s: dict of steps, strong_steps, restarts, seed
     cost: object  # s -> forward passes per image (an input-gradient backward ~1; bb: crafting): progress, bench
     voided_by: tuple  # the sanity flags that void its numbers (the report's claims)
     paper: bool  # one of Table 1's five; False: beyond the paper
@@ -582,11 +577,8 @@ def depth_k(unfreeze, n_blocks=27):
 def describe_unfreeze(unfreeze):
     """What a depth or strategy trains, in words."""
     u = parse_unfreeze(unfreeze)
-    if isinstance(u, int):
-        return UNFREEZE[u]
-    if u in STRATEGIES:
-        return STRATEGIES[u].about
-    return "the last residual block and the head" if u == "b1" else f"the last {u[1:]} residual blocks and the head"
+    return (UNFREEZE[u] if isinstance(u, int) else STRATEGIES[u].about if u in STRATEGIES else
+            "the last residual block and the head" if u == "b1" else f"the last {u[1:]} residual blocks and the head")
 
 
 def freeze(model, unfreeze):

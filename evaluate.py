@@ -136,7 +136,8 @@ def path_tol(n, batch_size, captured):
     bit)."""
     if not captured or not n:
         return 0.0
-    return 2 * 100 * sum(math.floor(max(1, engine.CHECK_FRAC * min(batch_size, n - i))) for i in range(0, n, batch_size)) / n
+    return 2 * 100 * sum(math.floor(max(1, engine.CHECK_FRAC * min(batch_size, n - i)))
+                         for i in range(0, n, batch_size)) / n
 
 
 def paired_se(a, b):

@@ -1452,8 +1452,8 @@ def depth_figure(path, curves_, margin, note=""):
     seeds = max((len(es) for cv in curves_ for _, es in cv["rows"]), default=1)
     for sf, cv in zip(rows_, curves_):
         s, t, nb, rows, refs = cv["src"], cv["tgt"], cv["nb"], cv["rows"], cv["refs"]
-        sf.suptitle(rf"$R_{{{s} \rightarrow {t}}}$: the {SOURCE.get(s, s + '-trained')} CIFAR-100 source, {TARGET.get(t, t)} training "
-                    "on CIFAR-10", fontsize=12)
+        sf.suptitle(rf"$R_{{{s} \rightarrow {t}}}$: the {SOURCE.get(s, s + '-trained')} CIFAR-100 source, "
+                    f"{TARGET.get(t, t)} training on CIFAR-10", fontsize=12)
         axes = sf.subplots(1, 4, gridspec_kw={"width_ratios": [5, 1.1, 5, 1.1]})
         ks = [common.depth_k(u, nb) for u, _ in rows]
         paper_ks = [(u, common.depth_k(u, nb)) for u in UNF]
@@ -1595,8 +1595,10 @@ def add_depth_args(p):
     d = p.add_argument_group("depth sweep (make depth)")
     d.add_argument("--depth", action="store_true", help="write depth.md and depth.png instead (default --out "
                    "RUN/depth): accuracy against unfreezing depth for each --src x --tgt, and the paper's reading")
-    d.add_argument("--src", nargs="*", choices=list(common.OBJECTIVES), help="sources (with --depth; default all three)")
-    d.add_argument("--tgt", nargs="*", choices=list(common.OBJECTIVES), help="target trainings (with --depth; default all three)")
+    d.add_argument("--src", nargs="*", choices=list(common.OBJECTIVES),
+                   help="sources (with --depth; default the paper's three)")
+    d.add_argument("--tgt", nargs="*", choices=list(common.OBJECTIVES),
+                   help="target trainings (with --depth; default the paper's three)")
     d.add_argument("--unfreeze", nargs="*", help="depths to show, as '–' when not evaluated, beside every depth "
                    "the run evaluated (with --depth)")
     d.add_argument("--margin", type=float, help=f"points below R_src that still count as kept (with --depth; "

@@ -18,7 +18,8 @@ OUT = "runs/paper/{role}/{dataset}_{adv}_s{seed}.pt"
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["cifar100", "cifar10"], default="cifar100")
-    p.add_argument("--adv", choices=list(c.OBJECTIVES), default="nat", help="the training objective (common.OBJECTIVES): "
+    p.add_argument("--adv", choices=list(c.OBJECTIVES), default="nat",
+                   help="the training objective (common.OBJECTIVES): "
                    + "; ".join(f"{k}: {o.about}" for k, o in c.OBJECTIVES.items()))
     p.add_argument("--arch", default="resnet56", help="resnet56 (the paper's R), resnet20, ...")
     engine.add_training_args(p, epochs=200, wd=None, milestones=[0.5, 0.75], out=OUT)

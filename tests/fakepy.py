@@ -13,7 +13,7 @@ if script == "check.py":  # Make's check of every stage's command: the real one 
         os.execv(sys.executable, [sys.executable, sys.argv[1], *argv])
     sys.exit(0)
 if script == "common.py":  # Make asks for the tables' names: the stand-in has none (no torch), so Make skips
-    sys.exit(1)  # its name check, as for an interpreter not built yet; tests/test_make.py checks names with the real one
+    sys.exit(1)  # its name check, as for an interpreter not built yet; test_make.py checks names with the real one
 p = argparse.ArgumentParser()
 for flag in ("--out", "--src", "--tgt", "--dataset", "--adv"):
     p.add_argument(flag)

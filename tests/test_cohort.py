@@ -97,7 +97,8 @@ def test_lr_schedule_is_the_authors_step_schedule(epochs, milestones):
         opt.step()
         sched.step()
     if epochs == 200:
-        assert [engine.lr_at(e, 0.1, 200, milestones) for e in (99, 100, 149, 150)] == pytest.approx([.1, .01, .01, .001])
+        lrs = [engine.lr_at(e, 0.1, 200, milestones) for e in (99, 100, 149, 150)]
+        assert lrs == pytest.approx([.1, .01, .01, .001])
 
 
 def test_collapse_verdict():
@@ -142,7 +143,8 @@ def test_locks_are_removed_when_a_run_ends_and_a_killed_runs_lock_is_taken_over(
         stale = open(str(out) + ".lock")  # opened by a second run just before the first removes it
         assert (tmp_path / "x.pt.lock").read_text().startswith(f"pid {os.getpid()}:")
     assert not (tmp_path / "x.pt.lock").exists()
-    with engine.output_lock(str(out)):  # a third run holds the new file: the second, late to lock its old one, is refused
+    # a third run holds the new file: the second, late to lock its old one, is refused
+    with engine.output_lock(str(out)):
         import fcntl
         fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old file's lock is free, but it is not the lock
         with pytest.raises(c.UsageError, match="being written by another run"):

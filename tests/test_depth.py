@@ -115,7 +115,7 @@ def test_a_smaller_resnet_takes_depths_up_to_its_blocks():
         c.freeze(m, "b4")
     with pytest.raises(c.UsageError, match="b1 is this ResNet's 12 .*; write 12, so that one depth has one name"):
         c.freeze(m, "b1")  # one depth, one name: as b9 on ResNet56
-    assert [u for u, _, _, _ in c.depth_table("resnet20")] == [1, "b1", "b2", 12, "b4", "b5", "b6", "b7", "b8", 56]
+    assert [u for u, _, _, _ in report.depth_table("resnet20")] == [1, "b1", "b2", 12, "b4", "b5", "b6", "b7", "b8", 56]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,7 +288,8 @@ def test_depth_report_with_seeds_and_bad_input(tmp_path, capsys):
     for argv, says in ((["--unfreeze", "b9"], "is the paper's 12"), (["--src", "fgsm"], "no evaluated transfer of "
                                                                      "fgsm->nat"), (["--margin", "-1"], "--margin")):
         with pytest.raises(SystemExit) as e:
-            engine.run_main(lambda: report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat", *argv]))
+            engine.run_main(lambda: report.main(["--depth", "--run", str(tmp_path), "--src", "pgd", "--tgt", "nat",
+                                                 *argv]))
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err

@@ -74,7 +74,8 @@ def check_outputs(out, *, epochs, dataset, adv, arch, num_classes, lr=0.1):
         assert 100 * right / len(yva) == ck["metrics"]["val_adv"]
         assert ck["metrics"]["val_attack"] == "fgsm(pred. labels)"
     elif adv != "nat":
-        assert engine.accuracy(model, xva, yva, kind=adv, eps=a["eps"] / 256, steps=a["steps"]) == ck["metrics"]["val_adv"]
+        val_adv = engine.accuracy(model, xva, yva, kind=adv, eps=a["eps"] / 256, steps=a["steps"])
+        assert val_adv == ck["metrics"]["val_adv"]
     return ck, last
 
 

@@ -131,7 +131,7 @@ def test_estimates_of_another_resnet_carry_a_warning(capsys):
     est = {"stages_h": {"sources + baselines": 1.0, "transfers": 2.0, "evaluations": 3.0}, "total_h": 6.0,
            "critical_path_h": 4.0, "jobs": {"sources + baselines": 7, "transfers": 9, "evaluations": 64}}
     for arch in ("resnet56", "resnet8"):
-        bench.print_estimates(argparse.Namespace(quick=False, arch=arch), "cpu", est, {t: 1.0 for t in c.ADV})
+        bench.print_estimates(argparse.Namespace(quick=False, arch=arch), "cpu", est, {t: 1.0 for t in c.PAPER_ADV})
         out = capsys.readouterr().out
         assert "6.00 h" in out and ("WARNING" in out) == (arch == "resnet8")
     assert "`make ARCH=resnet8 all`" in out and "not of the paper's `make all`" in out

@@ -137,8 +137,9 @@ def test_stage_flags_reach_only_their_stage():
     TL_FLAGS on the nine transfer cohorts alone; TRAIN_FLAGS on every training."""
     import subprocess
     from test_make import ROOT
-    r = subprocess.run(["make", "-n", "--no-print-directory", "PY=python3", "DATA=synthetic", "TRAIN_FLAGS=--every",
-                        "SRC_FLAGS=--src-only", "BASE_FLAGS=--base-only", "TL_FLAGS=--tl-only", "all"], cwd=ROOT,
+    r = subprocess.run(["make", "-n", "--no-print-directory", "PY=python3", "CHECKED=1", "DATA=synthetic",
+                        "TRAIN_FLAGS=--every", "SRC_FLAGS=--src-only", "BASE_FLAGS=--base-only", "TL_FLAGS=--tl-only",
+                        "all"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     cmds = r.stdout.replace("\\\n", " ").splitlines()
