@@ -251,7 +251,7 @@ def craft_blackbox(a, ck, device):
     out = {"dataset": "cifar10", "source": a.craft_from, "source_arch": ck["arch"], "eps": eps, "steps": a.steps,
            "n_test": len(y), "data_dir": a.data_dir, "y": y.cpu(), "inputs": inputs(a), **engine.provenance(device)}
     t0 = time.time()
-    cols, s = {k: col for k, col in c.COLUMNS.items() if col.box == "bb"}, settings(a)
+    cols, s = columns(a), settings(a)
     progress = Progress(len(y), len(y) * sum(col.cost(s) for col in cols.values()))
     with engine.output_lock(a.out):
         for name, col in cols.items():  # bb_X: its examples are x_X
@@ -366,13 +366,22 @@ def sha256(path):
     return h.hexdigest()[:16]
 
 
+def columns(a):
+    """The columns of common.COLUMNS this command runs: the black-box ones when crafting, else every column its
+    flags turn on (a black-box one with --blackbox only)."""
+    if a.craft_from:
+        return {k: col for k, col in c.COLUMNS.items() if col.box == "bb"}
+    return {k: col for k, col in c.COLUMNS.items()
+            if (col.box != "bb" or a.blackbox) and (not col.switch or getattr(a, col.switch))}
+
+
 def inputs(a):
     """Everything an evaluation's (or the crafting's) numbers depend on; the output records it, and a rerun with
     other inputs is refused instead of keeping a stale result. Batch size and device change no number (beyond
     rounding) and are not part of it."""
     rec = {"ckpt": sha256(a.ckpt), "craft_from": sha256(a.craft_from), "blackbox": sha256(a.blackbox),
            "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "eps": a.eps, "steps": a.steps,
-           "precision": a.precision}
+           "precision": a.precision, "columns": list(columns(a))}  # a column added to the table: the rerun says so
     if not a.craft_from:
         rec.update(strong=a.strong, strong_steps=a.strong_steps if a.strong else None,
                    restarts=a.restarts if a.strong else None, seed=a.seed, autoattack=a.autoattack,
@@ -424,8 +433,7 @@ def evaluate(a, ck, model, x, y, bb, dataset, device):
     say(f"evaluating {a.ckpt} on {n} {dataset} test images, {c.eps_str(eps)}")
     eps_list = sorted(int(e) if e == int(e) else e for e in a.curve_eps) if a.curve else []
     s, pgd_cost = settings(a), c.COLUMNS["wb_pgd"].cost(settings(a))  # the curve's points cost a WB-PGD each
-    cols = {k: col for k, col in c.COLUMNS.items() if (col.box != "bb" or bb is not None) and
-            (not col.switch or getattr(a, col.switch))}  # the columns this evaluation runs (common.COLUMNS)
+    cols = columns(a)
     progress = Progress(n, n * (sum(col.cost(s) for col in cols.values() if col.box == "wb")
                                 + pgd_cost * sum(e != a.eps for e in eps_list)))
     ok = {k: [] for k in cols if cols[k].box != "worst"}

@@ -178,6 +178,25 @@ def test_an_evaluation_of_another_checkpoint_is_refused(model_and_examples, tiny
     assert (rec["eps"], rec["steps"], rec["limit"], rec["data_dir"]) == (8, 7, 20, "synthetic")
 
 
+def test_an_evaluation_from_before_a_column_was_added_is_not_taken_as_finished(model_and_examples, tmp_path,
+                                                                             monkeypatch, capsys):
+    """A column registered in common.COLUMNS after an evaluation ran: the rerun names the new column instead of
+    saying 'nothing to do' over a file that lacks it; without the column the same rerun has nothing to do."""
+    ckpt, ex = model_and_examples
+    out = tmp_path / "m.eval.json"
+    args = ["--ckpt", str(ckpt), "--blackbox", str(ex), "--out", str(out), "--no-strong", "--no-curve", "--limit",
+            "20", *SYN]
+    evaluate.main(args)
+    before = out.read_bytes()
+    evaluate.main(args)
+    assert "nothing to do" in capsys.readouterr().out
+    toy = c.COLUMNS["wb_fgsm"]._replace(head="WB-toy", paper=False)
+    monkeypatch.setitem(c.COLUMNS, "wb_toy", toy)
+    with pytest.raises(c.UsageError, match=r"made from other inputs \(--columns .* -> .*'wb_toy'"):
+        evaluate.main(args)
+    assert out.read_bytes() == before
+
+
 @pytest.mark.parametrize("case, args, says", [
     ("a resume state", ["--ckpt", "LAST"], "is a resume state, not a trained model"),
     ("non-finite weights", ["--ckpt", "NAN"], "holds weights that are not finite"),
