@@ -113,12 +113,14 @@ def test_bench_quick_runs(tmp_path):
 
 def test_ctrl_c_says_it_stopped_a_benchmark(tmp_path):
     """Not a training's "resume from the last completed epoch": a benchmark has nothing to resume."""
-    # 200 timings a row: the Ctrl-C lands on the rows still to come, not after the last on a fast machine
+    # 100 timings a row: the Ctrl-C lands on the rows still to come, not after the last on a fast machine
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu", "--arch",
-                          "resnet8", "--batch-size", "8", "--repeats", "200", "--no-densenet", "--out",
+                          "resnet8", "--batch-size", "8", "--repeats", "100", "--no-densenet", "--out",
                           str(tmp_path / "b.json")],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         # Ctrl-C as a terminal sends it: pytest-xdist's workers ignore SIGINT, which a child inherits
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in p.stdout:  # the first row timed: the benchmark is under way
         if line.startswith("resnet8/"):
             break
