@@ -995,7 +995,8 @@ def figure(path, panels, cols, get, title="", note=""):
         return False
     nrows = max(sum(map(len, bl)) for _, bl in panels)
     fig, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
-                             figsize=(0.8 * len(cols) * len(panels) + 1.8 * len(panels) + 1, 0.32 * nrows + 0.9))
+                             figsize=(0.8 * len(cols) * len(panels) + 1.8 * len(panels) + 1,
+                                     max(0.32 * nrows + 0.9, 3.6)))  # at least the colour bar's label
     for ax, (sub, blocks) in zip(axes[0], panels):
         im = heatmap(ax, blocks, cols, get)
         if sub:

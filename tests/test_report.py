@@ -514,10 +514,15 @@ def test_every_figure_text_stays_on_its_canvas(tmp_path):
                    train={**tiny, "epochs": 1 if "-" in k else 2})
     for k, (c, f, p) in report.PAPER_SRC.items():
         write_eval(tmp_path, k, {"clean": c, "wb_fgsm": f, "wb_pgd": p}, role="source", train=tiny)
+    # two rows beyond the paper: their own figure, short (its colour bar's label once ran off the canvas)
+    for k in ("trades", "nat-trades-1"):
+        write_eval(tmp_path, k, {**paper_acc("pgd"), "wb_pgd": 0.0, "wb_strong": 0.0, "worst": 0.0}, n_test=50,
+                   train=tiny)
     with drawn_texts() as seen:
         out = build(tmp_path)
     files = {f for f, *_ in seen}
-    assert files >= {f + ".png" for f in ("fig2", "fig3", "fig4", "fig5", "curves_baselines", "training")}, files
+    assert files >= {f + ".png" for f in ("fig2", "fig3", "fig4", "fig5", "curves_baselines", "training",
+                                          "beyond")}, files
     assert not outside(seen), outside(seen)
     banner = [t for f, t, *_ in seen if f == "fig2.png" and "NOT THE PAPER'S PROTOCOL" in t]
     assert banner and "\n" in banner[0]  # wrapped, not cut off at both sides
